@@ -1,0 +1,428 @@
+"""Synthetic pretraining corpus for the built-in base model: a weak instruct model, imitated.
+
+Pure functions, no MLX. Every example is one (prompt, response) chat turn:
+- `attempt`: an answer to a task question in one of the four prompt variants' styles, from a
+  noisy solver that is right only part of the time and wrong in realistic ways (a slipped step,
+  claiming the target when off, reusing or inventing a number, a plain miss);
+- `check`: the reflection prompt over one attempt; the response recomputes what it must and ends
+  in `<verdict>Correct</verdict>` or `<verdict>Incorrect</verdict>`, always agreeing with the checker;
+- `drill`: arithmetic facts, so the small model's hard part is the search, not `12*3`.
+Never an attempt followed by a reflection and a retry in one response: that is the skill the
+SkillFactory stages must create (`assert_no_retry_structure` guards it).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+
+from sf_mlx.prompts import VARIANTS, reflection_prompt, variant_prompt
+from sf_mlx.records import Problem
+from sf_mlx.tasks import count_answers, get_task, grade
+
+OPS = ("+", "-", "*", "/")
+RETRY_MARKERS = ("<sample>", "</sample>", "<reflect>", "</reflect>", "<think>", "</think>")
+
+
+@dataclass(frozen=True)
+class Example:
+    kind: str  # "attempt" | "check" | "drill"
+    task: str  # "countdown-3", "multiplication-2", "acronym", "arithmetic"
+    style: str  # the prompt variant (attempts), "check", or "drill"
+    prompt: str
+    response: str
+    correct: bool | None  # attempts: the checker's grade; checks: the verdict given
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Mixture and ranges of the corpus; the `small` base's committed defaults live here."""
+
+    min_number: int = 1
+    max_number: int = 10
+    min_target: int = 1
+    max_target: int = 50
+    countdown_args: dict[int, float] = field(
+        default_factory=lambda: {2: 0.15, 3: 0.45, 4: 0.25, 5: 0.1, 6: 0.05}
+    )
+    frac_check: float = 0.25  # "check this attempt" demonstrations
+    frac_drill: float = 0.08  # arithmetic drill lines
+    frac_ood: float = 0.10  # out-of-domain attempts (multiplication, acronym)
+    p_correct: float = 0.55  # how often the noisy solver's attempt is right (when it can be)
+    plain_prompt_share: float = 0.3  # attempts whose prompt is the plain question (SFT/RL form)
+
+
+# ---------------------------------------------------------------------------------------------
+# Countdown chains: a list of steps (a, op, b, claimed) combining a pool of values left to right.
+
+
+@dataclass(frozen=True)
+class Step:
+    a: int
+    op: str
+    b: int
+    claimed: int  # what the attempt writes; may differ from the truth (a slip)
+
+    @property
+    def true(self) -> Fraction:
+        return _apply(self.a, self.op, self.b)
+
+    def text(self) -> str:
+        return f"{self.a} {self.op} {self.b} = {self.claimed}"
+
+
+def _apply(a: int | Fraction, op: str, b: int | Fraction) -> Fraction:
+    a, b = Fraction(a), Fraction(b)
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return a / b
+
+
+def _random_chain(rng: random.Random, numbers: list[int], stop_at: int | None = None):
+    """Combine the numbers in random order with exact, non-negative integer steps.
+
+    Returns (steps, expression, value, used numbers). Stops early when `stop_at` is reached.
+    """
+    pool = [(n, str(n), False) for n in numbers]  # (value, expression, is_compound)
+    steps: list[Step] = []
+    while len(pool) > 1:
+        i, j = rng.sample(range(len(pool)), 2)
+        (va, ea, ca), (vb, eb, cb) = pool[i], pool[j]
+        if va < vb and rng.random() < 0.8:  # people write the larger number first
+            (va, ea, ca), (vb, eb, cb) = (vb, eb, cb), (va, ea, ca)
+        ops = [op for op in OPS if _valid(va, op, vb)]
+        op = rng.choice(ops)
+        value = int(_apply(va, op, vb))
+        steps.append(Step(va, op, vb, value))
+        expr = f"{f'({ea})' if ca else ea} {op} {f'({eb})' if cb else eb}"
+        pool = [p for k, p in enumerate(pool) if k not in (i, j)] + [(value, expr, True)]
+        if stop_at is not None and value == stop_at:
+            return steps, expr, value
+    return steps, pool[0][1], pool[0][0]
+
+
+def _valid(a: int, op: str, b: int) -> bool:
+    if op == "-":
+        return a - b >= 0
+    if op == "/":
+        return b not in (0, 1) and a % b == 0
+    if op == "*":
+        return a != 1 and b != 1  # multiplying by one is a wasted step
+    return True
+
+
+def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, want_correct: bool):
+    """One attempt as (steps, expression, error kind). Error kinds name realistic failures."""
+    if want_correct:
+        for _ in range(400):
+            steps, expr, value = _random_chain(rng, numbers, stop_at=target)
+            if value == target:
+                return steps, expr, "none"
+    # a miss: a chain that does not reach the target, then one of the realistic failures
+    for _ in range(50):
+        steps, expr, value = _random_chain(rng, numbers)
+        if value != target:
+            break
+    kind = rng.choices(["miss", "claim", "slip", "reuse", "invent"], [4, 2, 2, 1, 1])[0]
+    if kind == "claim" and steps:  # writes the target as the last result although it is not
+        last = steps[-1]
+        steps = steps[:-1] + [Step(last.a, last.op, last.b, target)]
+    elif kind == "slip" and steps:  # one step computed wrong, later steps carry the error on
+        k = rng.randrange(len(steps))
+        s = steps[k]
+        off = rng.choice([-2, -1, 1, 2, 10, -10])
+        steps = steps[:k] + [Step(s.a, s.op, s.b, max(0, s.claimed + off))] + steps[k + 1 :]
+    elif kind in ("reuse", "invent"):
+        first = steps[0]
+        if kind == "reuse":
+            new_b = first.a
+        else:
+            new_b = rng.choice([n for n in range(2, 13) if n not in numbers] or [13])
+        new = Step(first.a, first.op if first.op in "+*" else "+", new_b, 0)
+        new = Step(new.a, new.op, new.b, int(new.true))
+        old_b = str(first.b)
+        steps = [new] + list(steps[1:])
+        expr = expr.replace(old_b, str(new_b), 1)
+    return steps, expr, kind
+
+
+def _steps_block(steps: list[Step]) -> str:
+    return "\n".join(f"Step {k}: {s.text()}" for k, s in enumerate(steps, 1))
+
+
+def _countdown_response(rng, style: str, numbers, target, steps, expr) -> str:
+    nums = ", ".join(map(str, numbers))
+    body = _steps_block(steps)
+    if style == "plan_and_execute":
+        plan = rng.choice(
+            [
+                f"Plan: combine two of the numbers, then use the rest to reach {target}.",
+                f"Plan: find a product or sum near {target}, then adjust with what is left.",
+                f"Plan: start from the largest number and work towards {target}.",
+            ]
+        )
+        body = f"{plan}\nExecution:\n{body}"
+    elif style == "rephrase":
+        body = f"Rewritten Question: Make {target} from {nums}, each at most once.\n{body}"
+    elif style == "alternatively":
+        misses = []
+        for _ in range(rng.choice([0, 1, 1, 2])):
+            m_steps, _, m_value = _random_chain(rng, numbers)
+            if m_value != target:
+                line = ", ".join(s.text() for s in m_steps)
+                misses.append(f"{line}. This gives {m_value}, not {target}.")
+        final = ", ".join(s.text() for s in steps)
+        result = steps[-1].claimed if steps else target
+        chosen = f"{final}. This gives {result}."
+        parts = misses + [chosen]
+        body = parts[0] + "".join(f"\nAlternatively, {p}" for p in parts[1:])
+    return f"{body}\n<answer>{expr}</answer>"
+
+
+def countdown_attempt_example(rng: random.Random, problem: Problem, style: str, cfg: CorpusConfig):
+    numbers, target = problem.data["numbers"], problem.data["target"]
+    steps, expr, _ = _countdown_attempt(rng, numbers, target, rng.random() < cfg.p_correct)
+    response = _countdown_response(rng, style, numbers, target, steps, expr)
+    return response, grade(problem, response)[1]
+
+
+def _evaluation_steps(expr: str) -> list[tuple[int | Fraction, str, int | Fraction, Fraction]]:
+    """Split one of the corpus's own expressions into its binary steps, innermost first."""
+    import ast  # the corpus parses only expressions it generated itself; never model output
+
+    out = []
+
+    def walk(node) -> Fraction:
+        if isinstance(node, ast.Constant):
+            return Fraction(node.value)
+        op = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}[type(node.op)]
+        a, b = walk(node.left), walk(node.right)
+        value = _apply(a, op, b)
+        out.append((a, op, b, value))
+        return value
+
+    walk(ast.parse(expr, mode="eval").body)
+    return out
+
+
+def _fmt(x: Fraction) -> str:
+    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+
+
+def countdown_check_response(problem: Problem, attempt: str) -> tuple[str, bool]:
+    """Recompute only what is needed: numbers first, then the arithmetic, then the target."""
+    numbers, target = problem.data["numbers"], problem.data["target"]
+    extracted, correct = grade(problem, attempt)
+    if extracted is None:
+        return "There is no final answer to check.\n<verdict>Incorrect</verdict>", False
+    lines = [f"The answer is {extracted}."]
+    steps = _evaluation_steps(extracted)
+    used = _literals(extracted)
+    lines.append(f"Numbers used: {', '.join(map(str, used))}.")
+    have, need = Counter(numbers), Counter(used)
+    bad = next((n for n in used if need[n] > have[n]), None)
+    if bad is not None:
+        why = "is not in" if have[bad] == 0 else "is used more often than it appears in"
+        lines.append(f"{bad} {why} {sorted(numbers)}.")
+    else:
+        lines.append(f"All are from {sorted(numbers)}.")
+        for a, op, b, v in steps:
+            lines.append(f"{_fmt(Fraction(a))} {op} {_fmt(Fraction(b))} = {_fmt(v)}")
+        value = steps[-1][3] if steps else Fraction(used[0])
+        if value == target:
+            lines.append(f"The result {_fmt(value)} equals the target {target}.")
+        else:
+            lines.append(f"The result {_fmt(value)} is not the target {target}.")
+    verdict = "Correct" if correct else "Incorrect"
+    return "\n".join(lines) + f"\n<verdict>{verdict}</verdict>", correct
+
+
+def _literals(expr: str) -> list[int]:
+    import re
+
+    return [int(t) for t in re.findall(r"\d+", expr)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Out-of-domain: long multiplication and acronyms.
+
+
+def multiplication_attempt(rng: random.Random, problem: Problem, style: str, cfg: CorpusConfig):
+    a, b = problem.data["a"], problem.data["b"]
+    parts = []
+    for k, digit in enumerate(reversed(str(b))):
+        if digit != "0":
+            parts.append((a, int(digit) * 10**k))
+    lines = [f"Step {i}: {a} * {m} = {a * m}" for i, (a, m) in enumerate(parts, 1)]
+    total = a * b
+    if rng.random() >= cfg.p_correct:  # a slipped digit in one partial product or the sum
+        total += rng.choice([1, -1, 10, -10, 100, 1000]) * rng.randint(1, 9)
+        total = abs(total)
+    lines.append(f"Step {len(parts) + 1}: add them up: {total}")
+    body = "\n".join(lines)
+    if style == "plan_and_execute":
+        body = f"Plan: multiply {a} by each digit of {b}, then add the parts.\nExecution:\n{body}"
+    elif style == "rephrase":
+        body = f"Rewritten Question: What is {a} times {b}?\n{body}"
+    elif style == "alternatively":
+        body = f"{a} * {b} is about {round(a * b, -len(str(a * b)) + 2)}.\nAlternatively, {body}"
+    response = f"{body}\n<answer>{total}</answer>"
+    return response, grade(problem, response)[1]
+
+
+def multiplication_check_response(problem: Problem, attempt: str) -> tuple[str, bool]:
+    extracted, correct = grade(problem, attempt)
+    if extracted is None:
+        return "There is no final answer to check.\n<verdict>Incorrect</verdict>", False
+    a, b = problem.data["a"], problem.data["b"]
+    same = "matches" if correct else "does not match"
+    text = f"{a} * {b} = {a * b}. The answer {extracted} {same}."
+    return f"{text}\n<verdict>{'Correct' if correct else 'Incorrect'}</verdict>", correct
+
+
+def acronym_attempt(rng: random.Random, problem: Problem, style: str, cfg: CorpusConfig):
+    words = problem.data["words"]
+    letters = [w[0] for w in words]
+    if rng.random() >= cfg.p_correct:  # a misread letter
+        k = rng.randrange(len(letters))
+        letters[k] = rng.choice("abcdefghijklmnoprstuw")
+    answer = "".join(letters)
+    body = f"First letters: {', '.join(letters)}."
+    if style == "plan_and_execute":
+        body = f"Plan: take the first letter of each word and join them.\nExecution:\n{body}"
+    elif style == "rephrase":
+        body = f"Rewritten Question: Join the first letters of {', '.join(words)}.\n{body}"
+    elif style == "alternatively":
+        body = f"{body}\nAlternatively, read them together: {answer}."
+    response = f"{body}\n<answer>{answer}</answer>"
+    return response, grade(problem, response)[1]
+
+
+def acronym_check_response(problem: Problem, attempt: str) -> tuple[str, bool]:
+    extracted, correct = grade(problem, attempt)
+    if extracted is None:
+        return "There is no final answer to check.\n<verdict>Incorrect</verdict>", False
+    letters = "".join(w[0] for w in problem.data["words"])
+    same = "matches" if correct else "does not match"
+    text = f"The first letters spell {letters}. The answer {extracted} {same}."
+    return f"{text}\n<verdict>{'Correct' if correct else 'Incorrect'}</verdict>", correct
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _drill(rng: random.Random, cfg: CorpusConfig) -> Example:
+    lines = []
+    for _ in range(rng.randint(3, 6)):
+        op = rng.choice(OPS)
+        if op == "/":
+            b = rng.randint(2, 12)
+            a = b * rng.randint(1, 12)
+        elif op == "-":
+            a, b = sorted((rng.randint(0, 100), rng.randint(0, 60)), reverse=True)
+        elif op == "*":
+            a, b = rng.randint(2, 12), rng.randint(2, 25)
+        else:
+            a, b = rng.randint(1, 100), rng.randint(1, 60)
+        lines.append((a, op, b, int(_apply(a, op, b))))
+    prompt = "Compute:\n" + "\n".join(f"{a} {op} {b}" for a, op, b, _ in lines)
+    response = "\n".join(f"{a} {op} {b} = {c}" for a, op, b, c in lines)
+    return Example("drill", "arithmetic", "drill", prompt, response, None)
+
+
+ATTEMPTS = {
+    "countdown": countdown_attempt_example,
+    "multiplication": multiplication_attempt,
+    "acronym": acronym_attempt,
+}
+CHECKS = {
+    "countdown": countdown_check_response,
+    "multiplication": multiplication_check_response,
+    "acronym": acronym_check_response,
+}
+
+
+def _problem(rng: random.Random, cfg: CorpusConfig, ood: bool) -> tuple[Problem, str]:
+    seed = rng.getrandbits(31)
+    if ood:
+        if rng.random() < 0.6:
+            digits = rng.choices([2, 3, 4, 5], [4, 3, 2, 1])[0]
+            (p,) = get_task("multiplication").make_problems(1, seed, digits=digits)
+            return p, f"multiplication-{digits}"
+        (p,) = get_task("acronym").make_problems(1, seed)
+        return p, "acronym"
+    n = rng.choices(list(cfg.countdown_args), list(cfg.countdown_args.values()))[0]
+    (p,) = get_task("countdown").make_problems(
+        1,
+        seed,
+        num_args=n,
+        min_number=cfg.min_number,
+        max_number=cfg.max_number,
+        min_target=cfg.min_target,
+        max_target=cfg.max_target,
+    )
+    return p, f"countdown-{n}"
+
+
+def make_example(rng: random.Random, cfg: CorpusConfig) -> Example:
+    r = rng.random()
+    if r < cfg.frac_drill:
+        return _drill(rng, cfg)
+    problem, label = _problem(rng, cfg, ood=rng.random() < cfg.frac_ood)
+    # The plain question (the SFT / RL user turn) is answered in the `original` style.
+    plain = rng.random() < cfg.plain_prompt_share
+    style = "original" if plain else rng.choice(list(VARIANTS))
+    attempt, correct = ATTEMPTS[problem.task](rng, problem, style, cfg)
+    if r < cfg.frac_drill + cfg.frac_check:
+        # Balance verdicts: regenerate until the attempt's grade matches a fair coin.
+        want = rng.random() < 0.5
+        for _ in range(20):
+            if correct == want:
+                break
+            attempt, correct = ATTEMPTS[problem.task](rng, problem, style, cfg)
+        response, verdict = CHECKS[problem.task](problem, attempt)
+        prompt = reflection_prompt(problem.question, attempt)
+        return Example("check", label, "check", prompt, response, verdict)
+    prompt = problem.question if plain else variant_prompt(problem.question, style)
+    return Example("attempt", label, style, prompt, attempt, correct)
+
+
+def make_corpus(n: int, seed: int, cfg: CorpusConfig | None = None) -> list[Example]:
+    """`n` examples, deterministic for `seed`."""
+    cfg = cfg or CorpusConfig()
+    rng = random.Random(f"sf-mlx-corpus/{seed}")
+    out = [make_example(rng, cfg) for _ in range(n)]
+    assert_no_retry_structure(out)
+    return out
+
+
+def assert_no_retry_structure(examples: list[Example]) -> None:
+    """The base model must never see attempt -> reflection -> retry in one response."""
+    for ex in examples:
+        bad = [m for m in RETRY_MARKERS if m in ex.response]
+        if bad or count_answers(ex.response) > 1:
+            raise AssertionError(f"corpus example has a retry structure ({bad}): {ex.response!r}")
+
+
+def corpus_stats(examples: list[Example]) -> dict:
+    """Counts per kind / task / style and the share of correct attempts, for the model card."""
+    attempts = [e for e in examples if e.kind == "attempt"]
+    checks = [e for e in examples if e.kind == "check"]
+    return {
+        "examples": len(examples),
+        "kinds": dict(Counter(e.kind for e in examples)),
+        "tasks": dict(sorted(Counter(e.task for e in examples).items())),
+        "styles": dict(Counter(e.style for e in attempts)),
+        "attempt_accuracy": round(sum(bool(e.correct) for e in attempts) / max(1, len(attempts)), 3),
+        "check_correct_verdicts": round(sum(bool(e.correct) for e in checks) / max(1, len(checks)), 3),
+    }
+
+
+def example_to_dict(ex: Example) -> dict:
+    return asdict(ex)

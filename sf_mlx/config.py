@@ -1,0 +1,434 @@
+"""Recipes: YAML loaded into one frozen dataclass per stage; every default and help lives here.
+
+Values from YAML and from `--set section.key=value` are cast the same way to the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from sf_mlx.rundir import write_text_atomic
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+_INT = re.compile(r"[+-]?\d+")
+
+
+def _f(
+    default: Any, help: str, choices: tuple[Any, ...] | None = None, min: float | None = None
+) -> Any:
+    """A field with its default, help string and optional allowed values / lower bound."""
+    meta = {"help": help, "choices": choices, "min": min}
+    return field(default=default, metadata=meta)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+class _Section:
+    """Base of the per-stage sections: casts and validates every field on construction."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            key = f"{self.SECTION}.{f.name}"
+            value = cast_value(key, getattr(self, f.name), hints[f.name])
+            _validate(key, value, f.metadata)
+            object.__setattr__(self, f.name, value)
+        self._check()
+
+    def _check(self) -> None:
+        """Cross-field checks; sections override."""
+
+
+@dataclass(frozen=True)
+class RunConfig(_Section):
+    SECTION: ClassVar[str] = "run"
+    name: str = _f("", "run name: the folder under runs/ (empty: the recipe's name)")
+    seed: int = _f(0, "master seed; every per-item seed is derived from it")
+    model: str = _f(
+        "builtin:small",
+        "base model: a local HF/MLX folder, a Hugging Face id, or builtin:small / builtin:tiny",
+    )
+    description: str = _f("", "one line saying what this recipe is for")
+
+
+@dataclass(frozen=True)
+class ProblemsConfig(_Section):
+    SECTION: ClassVar[str] = "problems"
+    task: str = _f("countdown", "training task (a name from sf_mlx.tasks)")
+    num_args: int = _f(3, "numbers per training Countdown problem", min=2)
+    min_number: int = _f(1, "smallest number in a problem")
+    max_number: int = _f(10, "largest number in a problem")
+    min_target: int = _f(1, "smallest target")
+    max_target: int = _f(50, "largest target")
+    require_all: bool = _f(False, "the solution must use every number exactly once")
+    n_sft: int = _f(200, "problems sampled for silver traces (SFT data)", min=1)
+    n_rl: int = _f(200, "problems for GRPO prompts", min=1)
+    n_eval: int = _f(100, "evaluation problems per task variant", min=1)
+    eval_num_args: tuple[int, ...] = _f((3, 4, 5, 6), "Countdown sizes evaluated (countdown-N)")
+    ood_tasks: tuple[str, ...] = _f(
+        ("multiplication", "acronym"), "out-of-domain tasks evaluated after training"
+    )
+
+    def _check(self) -> None:
+        for lo, hi in (("min_number", "max_number"), ("min_target", "max_target")):
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"problems.{lo}={getattr(self, lo)} > {hi}={getattr(self, hi)}")
+
+
+_VARIANTS = ("original", "plan_and_execute", "alternatively", "rephrase")
+
+
+@dataclass(frozen=True)
+class SampleConfig(_Section):
+    SECTION: ClassVar[str] = "sample"
+    variants: tuple[str, ...] = _f(
+        _VARIANTS, "prompt variants each problem is sampled under", _VARIANTS
+    )
+    n_samples: int = _f(4, "samples per problem and variant", min=1)
+    max_tokens: int = _f(256, "generation limit per sample", min=1)
+    temperature: float = _f(0.7, "sampling temperature", min=0.0)
+    top_p: float = _f(0.8, "nucleus sampling mass (1.0: off)", min=0.0)
+    top_k: int = _f(20, "keep the k most likely tokens (0: off)", min=0)
+    repetition_penalty: float = _f(1.1, "penalty on repeated tokens (1.0: off)", min=0.0)
+    batch_size: int = _f(32, "prompts generated together", min=1)
+
+
+@dataclass(frozen=True)
+class ReflectConfig(_Section):
+    SECTION: ClassVar[str] = "reflect"
+    n_reflections: int = _f(2, "reflections generated per sample", min=1)
+    max_tokens: int = _f(192, "generation limit per reflection", min=1)
+    temperature: float = _f(0.7, "sampling temperature", min=0.0)
+    top_p: float = _f(0.8, "nucleus sampling mass (1.0: off)", min=0.0)
+    top_k: int = _f(20, "keep the k most likely tokens (0: off)", min=0)
+    repetition_penalty: float = _f(1.1, "penalty on repeated tokens (1.0: off)", min=0.0)
+    batch_size: int = _f(32, "prompts generated together", min=1)
+
+
+@dataclass(frozen=True)
+class RearrangeConfig(_Section):
+    SECTION: ClassVar[str] = "rearrange"
+    format: str = _f("*C_full", "silver trace format (the paper's naming, e.g. *C_full)")
+    valid_fraction: float = _f(0.05, "fraction of traces held out as SFT validation data", min=0.0)
+    max_pairs: int = _f(5, "most sample+reflection pairs in one trace", min=1)
+
+
+@dataclass(frozen=True)
+class SftConfig(_Section):
+    SECTION: ClassVar[str] = "sft"
+    method: str = _f("lora", "fine-tuning method", ("lora", "full"))
+    rank: int = _f(8, "LoRA rank", min=1)
+    scale: float = _f(20.0, "LoRA scale (mlx-lm's alpha/rank)")
+    dropout: float = _f(0.0, "LoRA dropout", min=0.0)
+    num_layers: int = _f(-1, "layers (from the top) that get LoRA adapters; -1: all", min=-1)
+    learning_rate: float = _f(1e-4, "peak learning rate", min=0.0)
+    iters: int = _f(200, "optimizer steps", min=1)
+    batch_size: int = _f(4, "traces per step", min=1)
+    warmup: int = _f(10, "linear warmup steps", min=0)
+    max_seq_len: int = _f(1024, "longest training sequence in tokens (longer are cut)", min=1)
+    eval_every: int = _f(50, "steps between validation losses", min=1)
+    save_every: int = _f(100, "steps between adapter checkpoints", min=1)
+
+
+@dataclass(frozen=True)
+class GrpoConfig(_Section):
+    SECTION: ClassVar[str] = "grpo"
+    steps: int = _f(20, "GRPO steps (one batch of prompts each)", min=1)
+    prompts_per_step: int = _f(8, "problems per step", min=1)
+    group_size: int = _f(8, "completions per problem (G)", min=1)
+    max_tokens: int = _f(256, "generation limit per completion", min=1)
+    learning_rate: float = _f(1e-5, "learning rate", min=0.0)
+    epsilon_low: float = _f(0.2, "lower clip range of the probability ratio", min=0.0)
+    epsilon_high: float = _f(0.28, "upper clip range of the ratio (clip-higher)", min=0.0)
+    beta: float = _f(0.0, "KL coefficient to the adapter-off reference (0: no KL)", min=0.0)
+    mu: int = _f(1, "update passes over each batch of rollouts", min=1)
+    minibatch_prompts: int = _f(4, "prompts (groups) per gradient update", min=1)
+    advantage: str = _f(
+        "grpo", "advantage: grpo (mean/std in group) or dr_grpo (mean only)", ("grpo", "dr_grpo")
+    )
+    truncated_reward: float = _f(0.0, "reward of a completion cut at max_tokens")
+    temperature: float = _f(1.0, "rollout sampling temperature", min=0.0)
+    checkpoint_every: int = _f(5, "steps between resumable checkpoints", min=1)
+    lora_rank: int = _f(8, "LoRA rank of the GRPO adapter", min=1)
+    lora_scale: float = _f(20.0, "LoRA scale of the GRPO adapter")
+
+    def _check(self) -> None:
+        if self.minibatch_prompts > self.prompts_per_step:
+            raise ValueError(
+                f"grpo.minibatch_prompts={self.minibatch_prompts} > "
+                f"prompts_per_step={self.prompts_per_step}"
+            )
+
+
+_ARMS = ("base", "sft", "sft_grpo", "rl_only", "star_grpo")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(_Section):
+    SECTION: ClassVar[str] = "evaluate"
+    samples_per_question: int = _f(4, "generations per question (k of pass@k)", min=1)
+    max_tokens: int = _f(512, "generation limit per answer", min=1)
+    temperature: float = _f(0.7, "sampling temperature", min=0.0)
+    top_p: float = _f(0.8, "nucleus sampling mass (1.0: off)", min=0.0)
+    top_k: int = _f(20, "keep the k most likely tokens (0: off)", min=0)
+    budget: int = _f(
+        256, "budget forcing: extra tokens allowed after the first stop (0: off)", min=0
+    )
+    arms: tuple[str, ...] = _f(
+        _ARMS, "models compared: base, sft, sft_grpo, rl_only, star_grpo", _ARMS
+    )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole recipe: one section per pipeline stage."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    problems: ProblemsConfig = field(default_factory=ProblemsConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    reflect: ReflectConfig = field(default_factory=ReflectConfig)
+    rearrange: RearrangeConfig = field(default_factory=RearrangeConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(Recipe)
+}
+
+
+# --- casting -------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return f"tuple[{typing.get_args(tp)[0].__name__}, ...]"
+    return tp.__name__
+
+
+def _cast_scalar(key: str, value: Any, tp: type) -> Any:
+    bad = ValueError(f"{key}={value!r} is not a valid {tp.__name__}")
+    if tp is bool:
+        text = str(value).strip().lower()  # also YAML's true/false and 0/1
+        if text in _TRUE + _FALSE:
+            return text in _TRUE
+        raise bad
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise bad  # True is an int in Python, never in a recipe
+    if tp is str:
+        return str(value)
+    if tp is int and (isinstance(value, int) or _INT.fullmatch(str(value).strip())):
+        return int(value)
+    try:
+        number = float(value)  # YAML leaves "1e-5" a string
+    except ValueError:
+        raise bad from None
+    if tp is float:
+        return number
+    if tp is int and number.is_integer():
+        return int(number)
+    raise bad
+
+
+def cast_value(key: str, value: Any, tp: Any) -> Any:
+    """Cast a YAML value or a `--set` string to field type `tp` (int, float, bool, str, tuples)."""
+    if typing.get_origin(tp) is tuple:
+        (elem,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("[") and text.endswith("]"):
+                text = text[1:-1]
+            items: list[Any] = [p.strip() for p in text.split(",") if p.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            items = [value]
+        else:
+            raise ValueError(f"{key}={value!r} is not a valid {_type_name(tp)}")
+        try:
+            return tuple(_cast_scalar(key, v, elem) for v in items)
+        except ValueError:
+            raise ValueError(f"{key}={value!r} is not a valid {_type_name(tp)}") from None
+    return _cast_scalar(key, value, tp)
+
+
+def _validate(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    choices, low = meta.get("choices"), meta.get("min")
+    for v in value if isinstance(value, tuple) else (value,):
+        if choices is not None and v not in choices:
+            raise ValueError(f"{key}={v!r}; expected one of {', '.join(map(str, choices))}")
+        if low is not None and v < low:
+            raise ValueError(f"{key}={v!r}; must be >= {low}")
+
+
+# --- recipes -------------------------------------------------------------------------------------
+
+
+def _nearest(word: str, options: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]}?" if match else f"; expected one of {', '.join(options)}"
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise ValueError(f"unknown section {section!r} in {key!r}{_nearest(section, SECTIONS)}")
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]  # type: ignore[arg-type]
+    if name not in names:
+        dotted = [f"{section}.{n}" for n in names]
+        raise ValueError(f"unknown key {key}{_nearest(key, dotted)}")
+    return section, name
+
+
+def _build(base: Recipe, changes: dict[str, dict[str, Any]]) -> Recipe:
+    sections = {}
+    for section, kv in changes.items():
+        sections[section] = dataclasses.replace(getattr(base, section), **kv)
+    return dataclasses.replace(base, **sections)
+
+
+def _parse_override(item: str) -> tuple[str, str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"override {item!r} is not section.key=value")
+    section, name = _split_key(key.strip())
+    return section, name, value.strip()
+
+
+def apply_overrides(recipe: Recipe, overrides: typing.Iterable[str]) -> Recipe:
+    """Return `recipe` with `section.key=value` overrides applied and cast to the field types."""
+    changes: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        section, name, value = _parse_override(item)
+        changes.setdefault(section, {})[name] = value
+    return _build(recipe, changes)
+
+
+def recipe_from_dict(d: dict[str, Any] | None) -> Recipe:
+    """A Recipe from nested {section: {key: value}}; missing keys take their defaults."""
+    changes: dict[str, dict[str, Any]] = {}
+    for section, kv in (d or {}).items():
+        if section not in SECTIONS:
+            raise ValueError(f"unknown section {section!r}{_nearest(str(section), SECTIONS)}")
+        if kv is None:
+            continue
+        if not isinstance(kv, dict):
+            raise ValueError(f"section {section!r} must be a mapping of key: value, got {kv!r}")
+        for name, value in kv.items():
+            _split_key(f"{section}.{name}")
+            changes.setdefault(section, {})[name] = value
+    return _build(Recipe(), changes)
+
+
+def available_recipes(recipes_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    root = Path(recipes_dir) if recipes_dir is not None else RECIPES_DIR
+    return sorted(p.stem for p in root.glob("*.yaml")) if root.is_dir() else []
+
+
+def resolve_recipe_path(
+    path_or_name: str | os.PathLike[str], recipes_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """A file path as given, or a bare name as `<recipes_dir>/<name>.yaml`."""
+    text = os.fspath(path_or_name)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or os.sep in text or "/" in text or path.is_file():
+        if not path.is_file():
+            raise ValueError(f"no recipe file {text}")
+        return path
+    root = Path(recipes_dir) if recipes_dir is not None else RECIPES_DIR
+    path = root / f"{text}.yaml"
+    if not path.is_file():
+        names = available_recipes(root)
+        raise ValueError(
+            f"no recipe named {text!r} in {root}; available: {', '.join(names) or 'none'}"
+        )
+    return path
+
+
+def load_recipe(
+    path_or_name: str | os.PathLike[str],
+    overrides: typing.Iterable[str] = (),
+    recipes_dir: str | os.PathLike[str] | None = None,
+) -> Recipe:
+    """Load a recipe file (or `recipes/<name>.yaml`), then apply `--set` style overrides."""
+    path = resolve_recipe_path(path_or_name, recipes_dir)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from e
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        recipe = recipe_from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return apply_overrides(recipe, overrides)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """Nested plain dict (tuples as lists), every key filled in."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in SECTIONS:
+        obj = getattr(recipe, section)
+        out[section] = {
+            f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v
+            for f in dataclasses.fields(obj)
+        }
+    return out
+
+
+def dump_recipe(recipe: Recipe, path: str | os.PathLike[str], header: str = "") -> None:
+    """Write the fully resolved recipe as YAML, a help comment above each key."""
+    lines = ["# sf-mlx resolved recipe: every key filled in; load it with load_recipe()."]
+    lines += [f"# {h}" for h in header.splitlines()]
+    for section, kv in recipe_to_dict(recipe).items():
+        lines.append(f"\n{section}:")
+        fields = dataclasses.fields(SECTIONS[section])  # type: ignore[arg-type]
+        helps = {f.name: f.metadata["help"] for f in fields}
+        for name, value in kv.items():
+            flow = None if isinstance(value, list) else False  # lists inline, scalars plain
+            text = yaml.safe_dump({name: value}, default_flow_style=flow, width=10_000)
+            lines.append(f"  # {helps[name]}")
+            lines += [f"  {line}" for line in text.rstrip("\n").splitlines()]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+class FieldDoc(typing.NamedTuple):
+    key: str  # dotted, e.g. "sft.iters"
+    type: str
+    default: Any
+    help: str
+
+
+def describe_fields() -> list[FieldDoc]:
+    """(dotted key, type, default, help) for every recipe field, in recipe order."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            help_text = f.metadata["help"]
+            if f.metadata.get("choices"):
+                help_text += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
+            rows.append(
+                FieldDoc(f"{section}.{f.name}", _type_name(hints[f.name]), f.default, help_text)
+            )
+    return rows

@@ -1,0 +1,110 @@
+"""Metric names, declared once: namespaced name, short label, one-line meaning, number format.
+
+Stages log these names in events.jsonl; the TUI, plots and README read labels from this table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, NamedTuple
+
+
+class Metric(NamedTuple):
+    name: str  # "grpo/reward"; a pattern holds "<task>", e.g. "eval/<task>/accuracy"
+    label: str  # short, for plot titles and table headers
+    meaning: str  # one line
+    fmt: str = ".4f"  # format spec for one value
+
+    def format(self, value: Any) -> str:
+        """`value` with this metric's format spec ("-" for None)."""
+        return "-" if value is None else format(value, self.fmt)
+
+
+METRICS: tuple[Metric, ...] = (
+    # built-in base model pretraining
+    Metric("base/train_loss", "base loss", "pretraining cross-entropy of the built-in base model"),
+    Metric(
+        "base/tokens_per_sec", "base tok/s", "pretraining throughput in tokens per second", ".0f"
+    ),
+    # SFT on silver traces
+    Metric(
+        "sft/train_loss", "train loss", "SFT cross-entropy on the trace tokens (mean per token)"
+    ),
+    Metric("sft/valid_loss", "valid loss", "SFT cross-entropy on held-out traces"),
+    Metric("sft/learning_rate", "SFT lr", "SFT learning rate at this step", ".2e"),
+    Metric("sft/tokens_per_sec", "SFT tok/s", "SFT throughput in trained tokens per second", ".0f"),
+    # GRPO
+    Metric("grpo/reward", "reward", "mean reward over the step's completions"),
+    Metric(
+        "grpo/accuracy", "accuracy", "fraction of completions whose final answer is correct", ".3f"
+    ),
+    Metric("grpo/reward_std", "reward std", "mean within-group standard deviation of reward"),
+    Metric(
+        "grpo/frac_reward_zero_std",
+        "zero-std groups",
+        "fraction of groups whose rewards are all equal (no learning signal)",
+        ".3f",
+    ),
+    Metric("grpo/mean_length", "mean length", "mean completion length in tokens", ".1f"),
+    Metric("grpo/max_length", "max length", "longest completion in tokens", ".0f"),
+    Metric("grpo/truncation_rate", "truncated", "fraction of completions cut at max_tokens", ".3f"),
+    Metric("grpo/clip_fraction", "clipped", "fraction of tokens whose ratio was clipped", ".3f"),
+    Metric("grpo/kl", "KL", "mean per-token KL to the adapter-off reference policy"),
+    Metric("grpo/entropy", "entropy", "mean per-token entropy of the policy on its completions"),
+    Metric("grpo/tokens_per_sec", "GRPO tok/s", "generated tokens per second in rollouts", ".0f"),
+    Metric("grpo/peak_memory_gb", "peak mem GB", "peak accelerator memory in GB", ".2f"),
+    Metric(
+        "grpo/samples_per_response",
+        "answers/resp",
+        "mean number of attempts (<answer> tags) per completion",
+        ".2f",
+    ),
+    Metric(
+        "grpo/reflections_per_response",
+        "reflections/resp",
+        "mean number of reflections (<verdict> tags) per completion",
+        ".2f",
+    ),
+    Metric("grpo/rollout_sec", "rollout s", "seconds spent generating the step's rollouts", ".1f"),
+    Metric("grpo/update_sec", "update s", "seconds spent on the step's gradient updates", ".1f"),
+    # evaluation, one per task variant, e.g. eval/countdown-4/accuracy
+    Metric(
+        "eval/<task>/accuracy", "accuracy", "mean correctness over k samples per question", ".3f"
+    ),
+    Metric("eval/<task>/pass_at_k", "pass@k", "fraction of questions with a correct sample", ".3f"),
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+_PATTERNS = [
+    (re.compile("^" + re.escape(m.name).replace(re.escape("<task>"), "(?P<task>[^/]+)") + "$"), m)
+    for m in METRICS
+    if "<task>" in m.name
+]
+
+
+def metric(name: str) -> Metric:
+    """The Metric for `name`; pattern metrics come back with the task filled in."""
+    if name in BY_NAME:
+        return BY_NAME[name]
+    for pattern, m in _PATTERNS:
+        match = pattern.match(name)
+        if match:
+            task = match["task"]
+            return m._replace(name=name, label=f"{m.label} ({task})")
+    near = difflib.get_close_matches(name, list(BY_NAME), n=1)
+    hint = f"did you mean {near[0]}?" if near else f"declared: {', '.join(BY_NAME)}"
+    raise KeyError(f"unknown metric {name!r}; {hint}")
+
+
+def is_metric(name: str) -> bool:
+    try:
+        metric(name)
+    except KeyError:
+        return False
+    return True
+
+
+def stage_metrics(stage: str) -> list[Metric]:
+    """Declared metrics of one namespace ("sft", "grpo", "base", "eval"), in table order."""
+    return [m for m in METRICS if m.name.split("/", 1)[0] == stage]

@@ -1,0 +1,143 @@
+"""Model I/O, the one module that talks to mlx-lm: load (+ adapters), chat templating, generation.
+
+Generation goes through mlx-lm's `BatchGenerator` (batched KV cache) and returns plain records:
+token ids, text, the sampled tokens' log-probabilities and the finish reason per sequence.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sf_mlx import blas
+
+# The built-in models: a name usable wherever a model path or Hub id is accepted.
+BUILTIN_DIR = Path(__file__).parent / "data"
+BUILTIN = {"builtin:small": BUILTIN_DIR / "base-small"}
+
+
+class ModelLoadError(ValueError):
+    """A model path or id that cannot be loaded; the message is one line saying what was tried."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings; the paper's defaults (temperature 0.7, top_p 0.8, top_k 20, rep 1.1)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    repetition_penalty: float = 1.1
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_tokens: int
+    tokens: list[int]
+    text: str
+    logprobs: list[float]  # log-probability of each sampled token under the sampling policy
+    finish_reason: str  # "stop" (EOS) or "length"
+
+
+def resolve_model_path(model: str) -> str:
+    """Map `builtin:NAME` to its shipped folder; anything else is passed to mlx-lm unchanged."""
+    if model in BUILTIN:
+        path = BUILTIN[model]
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"{model}: the shipped folder {path} is missing; rebuild it with "
+                "`sf-mlx base build --size small --out " + str(path) + "`"
+            )
+        return str(path)
+    if model.startswith("builtin:"):
+        raise ModelLoadError(f"unknown built-in model {model!r}; known: {sorted(BUILTIN)}")
+    return model
+
+
+def load(model: str, adapter_path: str | Path | None = None) -> tuple[Any, Any]:
+    """Load (model, tokenizer) from a local folder, a Hub id or `builtin:small`, in float32 on CPU."""
+    blas.apply_blas_fix()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import mlx.core as mx
+    from mlx_lm import load as mlx_load
+
+    path = resolve_model_path(model)
+    local = Path(path).expanduser()
+    if local.exists() and not (local / "config.json").exists():
+        raise ModelLoadError(f"{path}: folder has no config.json; pass an HF-format model folder")
+    try:
+        m, tok = mlx_load(str(local) if local.exists() else path, adapter_path=adapter_path)
+    except Exception as e:  # noqa: BLE001 - mlx-lm/huggingface_hub raise many types; re-raised as one line
+        kind = "local folder" if local.exists() else "Hugging Face id (needs network or cache)"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"could not load model {model!r} as a {kind}: {first}. "
+            "Offline? Pass a local HF-format folder (config.json + *.safetensors + tokenizer)."
+        ) from e
+    if mx.default_device() == mx.cpu:
+        # half precision runs on MLX's own slow kernels on CPU: float32 uses the BLAS
+        m.set_dtype(mx.float32)
+    return m, tok
+
+
+def chat_prompt(tokenizer: Any, user: str) -> list[int]:
+    """Token ids of a one-turn chat with the generation prompt appended."""
+    return list(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=True
+        )
+    )
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    seed: int,
+    batch_size: int = 32,
+) -> list[Generation]:
+    """Sample one completion per prompt (token ids), in order; seeded."""
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    mx.random.seed(seed)
+    sampler = make_sampler(params.temperature, top_p=params.top_p, top_k=params.top_k)
+    processors = make_logits_processors(repetition_penalty=params.repetition_penalty)
+    gen = BatchGenerator(
+        model,
+        max_tokens=params.max_tokens,
+        stop_tokens=[[t] for t in tokenizer.eos_token_ids],
+        sampler=sampler,
+        logits_processors=processors,
+        completion_batch_size=batch_size,
+        prefill_batch_size=min(batch_size, 8),
+    )
+    try:
+        uids = gen.insert(prompts, [params.max_tokens] * len(prompts))
+        tokens: dict[int, list[int]] = {u: [] for u in uids}
+        logprobs: dict[int, list[float]] = {u: [] for u in uids}
+        finish: dict[int, str] = {}
+        while responses := gen.next_generated():
+            for r in responses:
+                if r.finish_reason != "stop":  # the EOS token itself is not part of the text
+                    tokens[r.uid].append(r.token)
+                    logprobs[r.uid].append(r.logprobs[r.token].item())
+                if r.finish_reason is not None:
+                    finish[r.uid] = r.finish_reason
+    finally:
+        gen.close()
+    return [
+        Generation(
+            prompt_tokens=len(p),
+            tokens=tokens[u],
+            text=tokenizer.decode(tokens[u]),
+            logprobs=logprobs[u],
+            finish_reason=finish.get(u, "length"),
+        )
+        for p, u in zip(prompts, uids)
+    ]
