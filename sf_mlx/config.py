@@ -75,7 +75,7 @@ class ProblemsConfig(_Section):
     num_args: int = _f(3, "numbers per training Countdown problem", min=2)
     min_number: int = _f(1, "smallest number in a problem")
     max_number: int = _f(10, "largest number in a problem")
-    min_target: int = _f(1, "smallest target")
+    min_target: int = _f(10, "smallest target")
     max_target: int = _f(50, "largest target")
     require_all: bool = _f(False, "the solution must use every number exactly once")
     n_sft: int = _f(200, "problems sampled for silver traces (SFT data)", min=1)

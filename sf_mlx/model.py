@@ -58,7 +58,7 @@ def resolve_model_path(model: str) -> str:
 
 
 def load(model: str, adapter_path: str | Path | None = None) -> tuple[Any, Any]:
-    """Load (model, tokenizer) from a local folder, a Hub id or `builtin:small`, in float32 on CPU."""
+    """(model, tokenizer) from a local folder, a Hub id or `builtin:small`; float32 on a CPU."""
     blas.apply_blas_fix()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import mlx.core as mx
@@ -139,5 +139,5 @@ def generate(
             logprobs=logprobs[u],
             finish_reason=finish.get(u, "length"),
         )
-        for p, u in zip(prompts, uids)
+        for p, u in zip(prompts, uids, strict=True)
     ]

@@ -6,6 +6,8 @@ plain question. The built-in base model's corpus is written against exactly thes
 
 from __future__ import annotations
 
+import re
+
 VARIANTS: dict[str, str] = {
     "original": "Think step by step.",
     "plan_and_execute": "First write a short high-level plan, then carry it out step by step.",
@@ -13,9 +15,7 @@ VARIANTS: dict[str, str] = {
         'Find several candidate answers, separate them with "Alternatively,", '
         "and discuss each one before you choose."
     ),
-    "rephrase": (
-        'Begin with "Rewritten Question:" and restate only what matters, then solve it.'
-    ),
+    "rephrase": ('Begin with "Rewritten Question:" and restate only what matters, then solve it.'),
 }
 
 REFLECTION_INSTRUCTION = (
@@ -34,3 +34,12 @@ def variant_prompt(question: str, variant: str) -> str:
 def reflection_prompt(question: str, attempt: str) -> str:
     """The user turn asking the model to check one of its own attempts."""
     return f"{REFLECTION_INSTRUCTION}\n\nQuestion: {question}\n\nAttempt:\n{attempt.strip()}"
+
+
+_VERDICT_RE = re.compile(r"<verdict>\s*(correct|incorrect)\s*</verdict>", re.IGNORECASE)
+
+
+def parse_verdict(reflection: str) -> str | None:
+    """The first verdict tag: "correct", "incorrect", or None when there is none."""
+    m = _VERDICT_RE.search(reflection)
+    return m.group(1).lower() if m else None

@@ -40,6 +40,8 @@ class Problem(Record):
     # task inputs, e.g. {"numbers": [..], "target": 22}
     data: dict[str, Any] = field(default_factory=dict)
     solution: str = ""  # a reference solution (for Countdown an expression that reaches the target)
+    # which pool of a run it belongs to: "sft", "rl", or "eval/<variant>" (e.g. "eval/countdown-4")
+    split: str = ""
 
 
 VARIANTS = ("original", "plan_and_execute", "alternatively", "rephrase")

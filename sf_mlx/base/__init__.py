@@ -1,1 +1,1 @@
-"""The built-in base model: tokenizer, synthetic corpus, pretraining and the `base build` command."""
+"""The built-in base model: tokenizer, synthetic corpus, pretraining, `sf-mlx base build`."""

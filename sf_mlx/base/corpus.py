@@ -5,7 +5,8 @@ Pure functions, no MLX. Every example is one (prompt, response) chat turn:
   noisy solver that is right only part of the time and wrong in realistic ways (a slipped step,
   claiming the target when off, reusing or inventing a number, a plain miss);
 - `check`: the reflection prompt over one attempt; the response recomputes what it must and ends
-  in `<verdict>Correct</verdict>` or `<verdict>Incorrect</verdict>`, always agreeing with the checker;
+  in `<verdict>Correct</verdict>` or `<verdict>Incorrect</verdict>`, always agreeing with the
+  checker;
 - `drill`: arithmetic facts, so the small model's hard part is the search, not `12*3`.
 Never an attempt followed by a reflection and a retry in one response: that is the skill the
 SkillFactory stages must create (`assert_no_retry_structure` guards it).
@@ -20,7 +21,7 @@ from fractions import Fraction
 
 from sf_mlx.prompts import VARIANTS, reflection_prompt, variant_prompt
 from sf_mlx.records import Problem
-from sf_mlx.tasks import count_answers, get_task, grade
+from sf_mlx.tasks import count_answers, get_task, grade, heldout
 
 OPS = ("+", "-", "*", "/")
 RETRY_MARKERS = ("<sample>", "</sample>", "<reflect>", "</reflect>", "<think>", "</think>")
@@ -42,7 +43,7 @@ class CorpusConfig:
 
     min_number: int = 1
     max_number: int = 10
-    min_target: int = 1
+    min_target: int = 10
     max_target: int = 50
     countdown_args: dict[int, float] = field(
         default_factory=lambda: {2: 0.15, 3: 0.45, 4: 0.25, 5: 0.1, 6: 0.05}
@@ -124,31 +125,26 @@ def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, want
             steps, expr, value = _random_chain(rng, numbers, stop_at=target)
             if value == target:
                 return steps, expr, "none"
-    # a miss: a chain that does not reach the target, then one of the realistic failures
-    for _ in range(50):
-        steps, expr, value = _random_chain(rng, numbers)
+    kind = rng.choices(["miss", "claim", "slip", "reuse", "invent"], [4, 2, 2, 1, 1])[0]
+    pool = list(numbers)
+    if kind == "reuse":  # one number written twice, another dropped
+        pool[rng.randrange(len(pool))] = rng.choice(numbers)
+    elif kind == "invent":  # a number that is not in the list
+        pool[rng.randrange(len(pool))] = rng.choice(
+            [n for n in range(1, 13) if n not in numbers] or [13]
+        )
+    for _ in range(50):  # a chain that does not reach the target
+        steps, expr, value = _random_chain(rng, pool)
         if value != target:
             break
-    kind = rng.choices(["miss", "claim", "slip", "reuse", "invent"], [4, 2, 2, 1, 1])[0]
     if kind == "claim" and steps:  # writes the target as the last result although it is not
         last = steps[-1]
         steps = steps[:-1] + [Step(last.a, last.op, last.b, target)]
-    elif kind == "slip" and steps:  # one step computed wrong, later steps carry the error on
+    elif kind == "slip" and steps:  # one step written wrong; the expression keeps the true ops
         k = rng.randrange(len(steps))
         s = steps[k]
         off = rng.choice([-2, -1, 1, 2, 10, -10])
         steps = steps[:k] + [Step(s.a, s.op, s.b, max(0, s.claimed + off))] + steps[k + 1 :]
-    elif kind in ("reuse", "invent"):
-        first = steps[0]
-        if kind == "reuse":
-            new_b = first.a
-        else:
-            new_b = rng.choice([n for n in range(2, 13) if n not in numbers] or [13])
-        new = Step(first.a, first.op if first.op in "+*" else "+", new_b, 0)
-        new = Step(new.a, new.op, new.b, int(new.true))
-        old_b = str(first.b)
-        steps = [new] + list(steps[1:])
-        expr = expr.replace(old_b, str(new_b), 1)
     return steps, expr, kind
 
 
@@ -349,6 +345,13 @@ CHECKS = {
 
 
 def _problem(rng: random.Random, cfg: CorpusConfig, ood: bool) -> tuple[Problem, str]:
+    while True:
+        problem, label = _any_problem(rng, cfg, ood)
+        if not heldout(problem):
+            return problem, label
+
+
+def _any_problem(rng: random.Random, cfg: CorpusConfig, ood: bool) -> tuple[Problem, str]:
     seed = rng.getrandbits(31)
     if ood:
         if rng.random() < 0.6:
@@ -419,8 +422,12 @@ def corpus_stats(examples: list[Example]) -> dict:
         "kinds": dict(Counter(e.kind for e in examples)),
         "tasks": dict(sorted(Counter(e.task for e in examples).items())),
         "styles": dict(Counter(e.style for e in attempts)),
-        "attempt_accuracy": round(sum(bool(e.correct) for e in attempts) / max(1, len(attempts)), 3),
-        "check_correct_verdicts": round(sum(bool(e.correct) for e in checks) / max(1, len(checks)), 3),
+        "attempt_accuracy": round(
+            sum(bool(e.correct) for e in attempts) / max(1, len(attempts)), 3
+        ),
+        "check_correct_verdicts": round(
+            sum(bool(e.correct) for e in checks) / max(1, len(checks)), 3
+        ),
     }
 
 

@@ -81,7 +81,7 @@ def encode_examples(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[
     eos = tokenizer.eos_token
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     r_ids = tokenizer([r + eos for _, r in pairs], add_special_tokens=False)["input_ids"]
-    return [(p + r, len(p)) for p, r in zip(p_ids, r_ids)]
+    return [(p + r, len(p)) for p, r in zip(p_ids, r_ids, strict=True)]
 
 
 def pack(encoded: list[tuple[list[int], int]], seq_len: int, pad_id: int):

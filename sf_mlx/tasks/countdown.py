@@ -54,9 +54,8 @@ def question(numbers: list[int], target: int, require_all: bool = False) -> str:
     use = "exactly once" if require_all else "at most once"
     return (
         f"Using the numbers {list(numbers)}, create an equation that equals {target}. "
-        f"You can use +, -, *, / and each number {use}. "
-        "Give your final answer in <answer> </answer> tags, as an expression "
-        "(e.g. (1 + 2) * 3) or as steps (Step 1: 1 + 2 = 3)."
+        f"Use +, -, *, / and each number {use}. "
+        "Give the final answer as an expression in <answer> </answer> tags."
     )
 
 

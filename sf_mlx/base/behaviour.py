@@ -1,0 +1,119 @@
+"""Measure a base model's behaviour on held-out problems (the numbers in its model card).
+
+Countdown accuracy and answer format for 2..6 numbers and the out-of-domain tasks, verdict
+agreement with the checker on balanced held-out attempts, and how often a response already
+contains SkillFactory's `<sample>` / `<reflect>` tags (it should not).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from sf_mlx import model as model_io
+from sf_mlx.base.corpus import CorpusConfig, countdown_attempt_example
+from sf_mlx.prompts import parse_verdict, reflection_prompt
+from sf_mlx.records import Problem
+from sf_mlx.tasks import grade, heldout_problems
+
+SKILL_TAGS = ("<sample>", "<reflect>")
+
+
+def _run(m, tok, problems: list[Problem], prompts: list[str], params, seed: int):
+    ids = [model_io.chat_prompt(tok, p) for p in prompts]
+    gens = model_io.generate(m, tok, ids, params, seed=seed, batch_size=64)
+    return gens
+
+
+def _score(problems: list[Problem], gens) -> dict:
+    graded = [grade(p, g.text) for p, g in zip(problems, gens, strict=True)]
+    n = len(problems)
+    return {
+        "n": n,
+        "accuracy": sum(c for _, c in graded) / n,
+        "format": sum(e is not None for e, _ in graded) / n,
+        "mean_tokens": sum(len(g.tokens) for g in gens) / n,
+    }
+
+
+def measure(
+    model_path: str,
+    n: int,
+    seed: int,
+    temperature: float = 0.7,
+    log: Callable[[str], None] = print,
+) -> dict:
+    cfg = CorpusConfig()
+    m, tok = model_io.load(model_path)
+    params = model_io.SamplingParams(max_tokens=320, temperature=temperature)
+    ranges = dict(
+        min_number=cfg.min_number,
+        max_number=cfg.max_number,
+        min_target=cfg.min_target,
+        max_target=cfg.max_target,
+    )
+    out: dict = {"temperature": temperature, "countdown": {}, "ood": {}}
+    texts: list[str] = []
+    own: list[tuple[Problem, str, bool]] = []
+    for k in range(2, 7):
+        probs = heldout_problems("countdown", n, seed + k, num_args=k, **ranges)
+        gens = _run(m, tok, probs, [p.question for p in probs], params, seed + k)
+        out["countdown"][f"countdown-{k}"] = _score(probs, gens)
+        texts += [g.text for g in gens]
+        if k == 3:
+            own = [(p, g.text, grade(p, g.text)[1]) for p, g in zip(probs, gens, strict=True)]
+        log(f"  countdown-{k}: {out['countdown'][f'countdown-{k}']}")
+    for task, params_ in (
+        ("multiplication", {"digits": 2}),
+        ("multiplication", {"digits": 3}),
+        ("acronym", {}),
+    ):
+        label = f"{task}-{params_['digits']}" if params_ else task
+        probs = heldout_problems(task, max(10, n // 2), seed, **params_)
+        gens = _run(m, tok, probs, [p.question for p in probs], params, seed)
+        out["ood"][label] = _score(probs, gens)
+        texts += [g.text for g in gens]
+        log(f"  {label}: {out['ood'][label]}")
+    out["skill_tag_rate"] = sum(any(t in x for t in SKILL_TAGS) for x in texts) / len(texts)
+
+    # Verdicts on balanced held-out attempts written by the corpus' noisy solver.
+    rng = random.Random(seed)
+    probs = heldout_problems("countdown", 4 * n, seed + 99, num_args=3, **ranges)
+    attempts: list[tuple[Problem, str, bool]] = []
+    want = {True: n // 2, False: n // 2}
+    for p in probs:
+        text, correct = countdown_attempt_example(rng, p, rng.choice(["original", "rephrase"]), cfg)
+        if want[correct] > 0:
+            want[correct] -= 1
+            attempts.append((p, text, correct))
+    out["verdict"] = _verdicts(m, tok, attempts, params, seed)
+    log(f"  verdict (balanced held-out attempts): {out['verdict']}")
+    # ... and on its own Countdown-3 samples, balanced by subsampling the larger class.
+    right = [a for a in own if a[2]]
+    wrong = [a for a in own if not a[2]]
+    k = min(len(right), len(wrong))
+    if k:
+        out["verdict_own_samples"] = _verdicts(m, tok, right[:k] + wrong[:k], params, seed + 1)
+        log(f"  verdict (own samples, balanced): {out['verdict_own_samples']}")
+    return out
+
+
+def _verdicts(m, tok, attempts: list[tuple[Problem, str, bool]], params, seed: int) -> dict:
+    prompts = [reflection_prompt(p.question, text) for p, text, _ in attempts]
+    gens = _run(m, tok, [a[0] for a in attempts], prompts, params, seed)
+    verdicts = [parse_verdict(g.text) for g in gens]
+    agree = [
+        (v == "correct") == c and v is not None
+        for v, (_, _, c) in zip(verdicts, attempts, strict=True)
+    ]
+    by = {
+        c: [a for a, (_, _, cc) in zip(agree, attempts, strict=True) if cc == c]
+        for c in (True, False)
+    }
+    return {
+        "n": len(attempts),
+        "agreement": sum(agree) / max(1, len(agree)),
+        "agreement_correct": sum(by[True]) / max(1, len(by[True])),
+        "agreement_incorrect": sum(by[False]) / max(1, len(by[False])),
+        "parsed": sum(v is not None for v in verdicts) / max(1, len(verdicts)),
+    }

@@ -1,0 +1,287 @@
+"""`sf-mlx base build`: corpus -> tokenizer -> pretraining -> evaluation -> an HF model folder.
+
+The folder (config.json, model.safetensors, tokenizer files, generation_config.json, README.md
+model card, metrics.json) loads with `mlx_lm.load`. Work files (corpus cache, checkpoints) live in
+a separate work directory so a killed build resumes and the shipped folder stays small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from sf_mlx.base.corpus import CorpusConfig, corpus_stats, make_corpus
+from sf_mlx.base.pretrain import ModelShape, TrainConfig
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    shape: ModelShape
+    train: TrainConfig
+    corpus_examples: int
+    vocab_size: int
+    eval_problems: int  # per Countdown size in the behaviour evaluation
+
+
+SIZES: dict[str, SizePreset] = {
+    # Tests: builds in well under a minute on 2 CPU cores; weak, but solves some 2-number problems.
+    "tiny": SizePreset(
+        shape=ModelShape(64, 2, 2, 2, 256),
+        train=TrainConfig(steps=150, batch_size=8, seq_len=384, learning_rate=3e-3, warmup=15),
+        corpus_examples=6000,
+        vocab_size=384,
+        eval_problems=20,
+    ),
+    # The shipped default base model (sf_mlx/data/base-small): about an hour on 2 CPU cores.
+    "small": SizePreset(
+        shape=ModelShape(256, 4, 4, 4, 1024),
+        train=TrainConfig(
+            steps=1600,
+            batch_size=20,
+            seq_len=384,
+            learning_rate=2e-3,
+            warmup=60,
+            checkpoint_every=100,
+        ),
+        corpus_examples=80_000,
+        vocab_size=640,
+        eval_problems=200,
+    ),
+}
+
+
+def _nanochat_config(shape: ModelShape, vocab: int, max_pos: int, eos_id: int) -> dict:
+    # nanochat (ReLU^2 MLP, QK-norm): its exp-free MLP is ~3x faster than SwiGLU on MLX's CPU
+    return {
+        "model_type": "nanochat",
+        "hidden_size": shape.hidden_size,
+        "num_hidden_layers": shape.num_hidden_layers,
+        "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads,
+        "intermediate_size": shape.intermediate_size,
+        "vocab_size": vocab,
+        "max_position_embeddings": max_pos,
+        "rope_theta": 10000.0,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+    }
+
+
+def build(
+    size: str = "small",
+    out: Path | None = None,
+    work: Path | None = None,
+    seed: int = 0,
+    minutes: float | None = None,
+    steps: int | None = None,
+    command: str = "",
+    log=print,
+    measure_behaviour: bool = True,
+) -> Path:
+    """Build (or resume) a base model; returns the output folder."""
+    from sf_mlx import blas
+
+    blas.ensure_fast_blas()
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from transformers import AutoTokenizer
+
+    from sf_mlx.base import pretrain
+    from sf_mlx.base.tokenizer import save_tokenizer, train_tokenizer
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
+    preset = SIZES[size]
+    out = Path(out or f"base-{size}")
+    work = Path(work or Path.home() / ".cache" / "sf-mlx" / "base-build" / f"{size}-s{seed}")
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    log(f"corpus: {preset.corpus_examples} examples, seed {seed}")
+    corpus = make_corpus(preset.corpus_examples, seed, CorpusConfig())
+    stats = corpus_stats(corpus)
+
+    tok_dir = work / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        sample = [t for e in corpus[:20_000] for t in (e.prompt, e.response)]
+        save_tokenizer(train_tokenizer(sample, preset.vocab_size), tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    vocab = len(tokenizer)
+
+    encoded = pretrain.encode_examples(tokenizer, [(e.prompt, e.response) for e in corpus])
+    seq_len = preset.train.seq_len
+    tokens, mask = pretrain.pack(encoded, seq_len, tokenizer.pad_token_id)
+    dropped = sum(len(ids) > seq_len + 1 for ids, _ in encoded)
+    stats.update(
+        tokens=int(sum(len(ids) for ids, _ in encoded)),
+        response_tokens=int(mask.sum()),
+        packed_rows=int(len(tokens)),
+        dropped_too_long=int(dropped),
+    )
+    log(f"packed {stats['tokens']} tokens into {len(tokens)} rows of {seq_len + 1}")
+
+    config = _nanochat_config(preset.shape, vocab, 2048, tokenizer.eos_token_id)
+    from mlx_lm.models import nanochat
+
+    mx.random.seed(seed)  # the initial weights are part of the reproducible build
+    model = nanochat.Model(nanochat.ModelArgs.from_dict(config))
+    mx.eval(model.parameters())
+    train_cfg = replace(preset.train, seed=seed)
+    if steps is not None:
+        train_cfg = replace(train_cfg, steps=steps)
+    elif minutes is not None:
+        train_cfg = replace(
+            train_cfg, steps=_steps_for_minutes(model, tokens, mask, train_cfg, minutes)
+        )
+    n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
+    log(
+        f"model: nanochat {asdict(preset.shape)} = {n_params / 1e6:.2f}M params; "
+        f"{train_cfg.steps} steps"
+    )
+
+    history: list[dict] = []
+    hist_path = work / "history.jsonl"
+    if hist_path.exists():
+        history = [json.loads(line) for line in hist_path.read_text().splitlines() if line]
+
+    def on_step(step: int, loss: float, tps: float) -> None:
+        row = {"step": step, "loss": round(loss, 5), "tokens_per_sec": round(tps, 1)}
+        history.append(row)
+        with hist_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if step % 10 == 0 or step == train_cfg.steps:
+            log(f"step {step}/{train_cfg.steps} loss {loss:.4f} {tps:.0f} tok/s")
+
+    pretrain.train(model, tokens, mask, train_cfg, ckpt_dir=work / "ckpt", on_step=on_step)
+    history = [h for h in history if h["step"] <= train_cfg.steps]
+    train_secs = time.perf_counter() - t0
+
+    staging = out.with_name(out.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    mx.save_safetensors(
+        str(staging / "model.safetensors"),
+        dict(tree_flatten(model.parameters())),
+        metadata={"format": "mlx"},
+    )
+    (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    for f in tok_dir.iterdir():
+        shutil.copy(f, staging / f.name)
+    gen_cfg = {
+        "eos_token_id": tokenizer.eos_token_id,
+        "temperature": 0.7,
+        "top_p": 0.8,
+        "top_k": 20,
+        "repetition_penalty": 1.1,
+    }
+    (staging / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2))
+    weights_hash = hashlib.sha256((staging / "model.safetensors").read_bytes()).hexdigest()
+    del nn
+
+    from sf_mlx.base.behaviour import measure
+
+    behaviour = None
+    if measure_behaviour:
+        log("measuring behaviour on held-out problems ...")
+        behaviour = measure(str(staging), preset.eval_problems, seed=seed + 1000, log=log)
+    card = {
+        "command": command or f"sf-mlx base build --size {size} --seed {seed}",
+        "size": size,
+        "seed": seed,
+        "params": int(n_params),
+        "shape": asdict(preset.shape),
+        "train": asdict(train_cfg),
+        "corpus": stats,
+        "corpus_config": asdict(CorpusConfig()),
+        "train_seconds": round(train_secs, 1),
+        "machine": _machine(),
+        "first_losses": [h["loss"] for h in history[:10]],
+        "final_loss": history[-1]["loss"] if history else None,
+        "weights_sha256": weights_hash,
+        "behaviour": behaviour,
+    }
+    (staging / "metrics.json").write_text(json.dumps(card, indent=2))
+    if behaviour is not None:
+        (staging / "README.md").write_text(model_card(card))
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    log(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def _steps_for_minutes(model, tokens, mask, cfg: TrainConfig, minutes: float) -> int:
+    """Time a few steps on a copy of the data order to turn a wall-clock budget into steps."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from sf_mlx.base import pretrain
+
+    loss_grad = nn.value_and_grad(model, pretrain.masked_ce)
+    secs = []
+    for step in range(3):
+        idx = pretrain.batch_indices(len(tokens), cfg.batch_size, step, cfg.seed)
+        tic = time.perf_counter()
+        (loss, _), grads = loss_grad(model, mx.array(tokens[idx]), mx.array(mask[idx]))
+        mx.eval(loss, grads)
+        secs.append(time.perf_counter() - tic)
+    return max(cfg.warmup + 1, int(minutes * 60 / min(secs[1:])))
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    py = sys.version.split()[0]
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, python {py}"
+
+
+def model_card(card: dict) -> str:
+    b = card["behaviour"]
+    rows = "\n".join(
+        f"| {k} | {v['accuracy']:.3f} | {v['format']:.3f} | {v['n']} |"
+        for k, v in b["countdown"].items()
+    )
+    ood = "\n".join(
+        f"| {k} | {v['accuracy']:.3f} | {v['format']:.3f} | {v['n']} |" for k, v in b["ood"].items()
+    )
+    v = b["verdict"]
+    t = card["train"]
+    return f"""# sf-mlx built-in base model ({card["size"]})
+
+A small "weak instruct model" that sf-mlx trains itself so the SkillFactory pipeline runs offline.
+It attempts Countdown (and long multiplication / acronyms) in the four prompt-variant styles, and,
+asked separately, checks an attempt and ends with a verdict. It has never seen an attempt followed
+by a reflection and a retry in one response: SkillFactory's stages must create that skill.
+
+- Command: `{card["command"]}`
+- Seed: {card["seed"]}; architecture: mlx-lm `nanochat`, {card["params"] / 1e6:.2f}M parameters,
+  shape {card["shape"]}
+- Training: {t["steps"]} steps x {t["batch_size"]} packed rows x {t["seq_len"]} tokens,
+  lr {t["learning_rate"]}, {card["train_seconds"]:.0f} s on {card["machine"]}
+- Loss: first {card["first_losses"][:3]} ... final {card["final_loss"]}
+- Corpus: {card["corpus"]["examples"]} examples, {card["corpus"]["tokens"]} tokens; kinds
+  {card["corpus"]["kinds"]}; attempt accuracy {card["corpus"]["attempt_accuracy"]}
+- Weights sha256: `{card["weights_sha256"]}`
+
+## Measured behaviour (held-out problems, temperature {b["temperature"]}, plain prompt)
+
+| task | accuracy | answer format | n |
+|---|---|---|---|
+{rows}
+{ood}
+
+Verdict agreement with the checker on balanced held-out attempts: {v["agreement"]:.3f}
+(n={v["n"]}; on correct attempts {v["agreement_correct"]:.3f}, on wrong
+{v["agreement_incorrect"]:.3f}; verdict parsed in {v["parsed"]:.3f}).
+Responses containing `<sample>` or `<reflect>`: {b["skill_tag_rate"]:.4f}.
+
+Full numbers: `metrics.json`. Rebuild and compare: `{card["command"]}`.
+"""

@@ -1,0 +1,215 @@
+"""The `sf-mlx` command line: thin commands that parse, call one function, say where results are.
+
+Heavy imports (mlx, transformers, datasets) happen inside commands so `sf-mlx --help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="SkillFactory on one machine: self-sampled silver traces, SFT and GRPO with MLX.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tasks_app = typer.Typer(help="The task suite: generate problems, see reference solutions.")
+bench_app = typer.Typer(help="Benchmarks that print ratios measured in one run on this machine.")
+base_app = typer.Typer(help="The built-in base model (a small weak instruct model sf-mlx trains).")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(bench_app, name="bench")
+app.add_typer(base_app, name="base")
+
+
+def fail(message: str) -> None:
+    """One clear error line on stderr, exit code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _params(pairs: list[str]) -> dict:
+    out: dict = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """List tasks and their generation parameters."""
+    from sf_mlx.tasks import TASKS
+
+    for name, spec in TASKS.items():
+        typer.echo(name)
+        for key, meaning in spec.describe_params.items():
+            typer.echo(f"    {key}: {meaning}")
+
+
+@tasks_app.command("show")
+def tasks_show(
+    task: Annotated[str, typer.Argument(help="countdown, multiplication, acronym, gsm8k, ...")],
+    n: Annotated[int, typer.Option("-n", help="How many problems.")] = 3,
+    seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
+    num_args: Annotated[int | None, typer.Option(help="Countdown: how many numbers (2-6).")] = None,
+    param: Annotated[
+        list[str], typer.Option("--param", "-p", help="Task parameter KEY=VALUE (repeatable).")
+    ] = [],  # noqa: B006 - typer reads list defaults
+) -> None:
+    """Print problems with their reference solutions."""
+    from sf_mlx.tasks import get_task
+
+    params = _params(param)
+    if num_args is not None:
+        params["num_args"] = num_args
+    try:
+        spec = get_task(task)
+        problems = spec.make_problems(n, seed, **params)
+    except (ValueError, TypeError) as e:
+        fail(str(e).splitlines()[0])
+    for p in problems:
+        typer.echo(f"[{p.problem_id}]\n{p.question}\n  reference: {p.solution}\n")
+
+
+@app.command("check")
+def check(
+    task: Annotated[str, typer.Argument(help="countdown, multiplication or acronym.")],
+    answer: Annotated[
+        str, typer.Argument(help="An answer, or a whole response with <answer> tags.")
+    ],
+    numbers: Annotated[str | None, typer.Option(help="Countdown: comma-separated numbers.")] = None,
+    target: Annotated[int | None, typer.Option(help="Countdown: the target.")] = None,
+    require_all: Annotated[
+        bool, typer.Option(help="Countdown: every number must be used.")
+    ] = False,
+    a: Annotated[int | None, typer.Option(help="Multiplication: first factor.")] = None,
+    b: Annotated[int | None, typer.Option(help="Multiplication: second factor.")] = None,
+    words: Annotated[str | None, typer.Option(help="Acronym: comma-separated clue words.")] = None,
+) -> None:
+    """Grade one answer with the task's checker. Exit 0 if correct, 1 if wrong, 2 on bad input."""
+    from sf_mlx.tasks import extract_answer, problem_from_inputs
+
+    try:
+        problem = problem_from_inputs(
+            task, numbers=numbers, target=target, require_all=require_all, a=a, b=b, words=words
+        )
+    except ValueError as e:
+        fail(str(e))
+    from sf_mlx.tasks import get_task
+
+    extracted = extract_answer(answer) if "<answer>" in answer.lower() else answer.strip()
+    ok = bool(get_task(problem.task).check(problem, extracted))
+    typer.echo(f"{'CORRECT' if ok else 'WRONG'}: {extracted!r}")
+    raise typer.Exit(0 if ok else 1)
+
+
+@bench_app.command("matmul")
+def bench_matmul(
+    sizes: Annotated[str, typer.Option(help="Comma-separated square sizes.")] = "256,512,1024,2048",
+    reps: Annotated[int, typer.Option(help="Timed repetitions per size (best is kept).")] = 5,
+) -> None:
+    """MLX float32 matmul GFLOP/s with the stock BLAS and with sf-mlx's fix, vs numpy."""
+    from sf_mlx.bench import bench_matmul as run
+
+    try:
+        parsed = tuple(int(s) for s in sizes.split(",") if s.strip())
+    except ValueError:
+        fail(f"--sizes {sizes!r}: expected comma-separated integers")
+    run(parsed, reps)
+
+
+@base_app.command("build")
+def base_build(
+    size: Annotated[
+        str, typer.Option(help="tiny (tests, < 1 min) or small (the shipped base).")
+    ] = "small",
+    out: Annotated[Path | None, typer.Option(help="Output model folder.")] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoints and caches (resume from here).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of corpus, initial weights and data order.")] = 0,
+    minutes: Annotated[
+        float | None, typer.Option(help="Train for about this long (sets the step count).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Train this many steps.")] = None,
+) -> None:
+    """Generate the corpus, train, measure and write a base model folder (resumable)."""
+    from sf_mlx.base.build import SIZES, build
+
+    if size not in SIZES:
+        fail(f"--size {size!r}: expected one of {', '.join(SIZES)}")
+    command = "sf-mlx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sf-mlx") else ""
+    path = build(
+        size, out=out, work=work_dir, seed=seed, minutes=minutes, steps=steps, command=command
+    )
+    typer.echo(f"model folder: {path}  (load with mlx_lm.load({str(path)!r}))")
+
+
+@app.command("recipes")
+def recipes() -> None:
+    """List the recipes in recipes/ with their one-line description."""
+    from sf_mlx.config import available_recipes, load_recipe
+
+    for name in available_recipes():
+        try:
+            desc = load_recipe(name).run.description
+        except ValueError as e:
+            desc = f"(invalid: {e})"
+        typer.echo(f"{name:24s} {desc}")
+
+
+@app.command("recipe")
+def recipe(
+    name: Annotated[
+        str, typer.Argument(help="A recipe name from `sf-mlx recipes`, or a YAML path.")
+    ],
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override a key: section.key=value (repeatable).")
+    ] = [],  # noqa: B006 - typer reads list defaults
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/NAME).")] = None,
+) -> None:
+    """Run a recipe's stages in order, skipping those already done (a killed recipe resumes)."""
+    from sf_mlx.model import ModelLoadError
+    from sf_mlx.pipeline import run_recipe
+
+    try:
+        run = run_recipe(name, set_, run_dir)
+    except (ValueError, ModelLoadError) as e:
+        fail(str(e).splitlines()[0])
+    typer.echo(f"run directory: {run.path}")
+
+
+@app.command("config")
+def config(
+    name: Annotated[str, typer.Argument(help="A recipe name or YAML path.")],
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override a key: section.key=value (repeatable).")
+    ] = [],  # noqa: B006 - typer reads list defaults
+) -> None:
+    """Print a recipe fully resolved (every default filled in, overrides applied)."""
+    import yaml
+
+    from sf_mlx.config import load_recipe, recipe_to_dict
+
+    try:
+        resolved = load_recipe(name, set_)
+    except ValueError as e:
+        fail(str(e).splitlines()[0])
+    typer.echo(yaml.safe_dump(recipe_to_dict(resolved), sort_keys=False).rstrip())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The built-in base model: tokenizer, corpus, a tiny build that learns, the shipped small model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sf_mlx.base.corpus import (
+    Example,
+    assert_no_retry_structure,
+    corpus_stats,
+    make_corpus,
+)
+from sf_mlx.base.tokenizer import TRACE_TAGS, save_tokenizer, train_tokenizer
+from sf_mlx.tasks import get_task, heldout
+
+SHIPPED = Path(__file__).resolve().parents[1] / "sf_mlx" / "data" / "base-small"
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[Example]:
+    return make_corpus(1500, seed=0)
+
+
+def test_corpus_is_deterministic_per_seed(corpus):
+    again = make_corpus(1500, seed=0)
+    other = make_corpus(1500, seed=1)
+    assert again == corpus
+    assert other != corpus
+
+
+def test_corpus_never_shows_a_retry_structure(corpus):
+    assert_no_retry_structure(corpus)  # raises on <sample>/<reflect>/<think> or 2+ answers
+    bad = Example("attempt", "countdown-3", "original", "q", "<sample>x</sample>", True)
+    with pytest.raises(AssertionError, match="retry structure"):
+        assert_no_retry_structure([bad])
+    two = Example(
+        "attempt", "countdown-3", "original", "q", "<answer>1</answer><answer>2</answer>", True
+    )
+    with pytest.raises(AssertionError):
+        assert_no_retry_structure([two])
+
+
+def test_corpus_mixes_kinds_styles_and_grades(corpus):
+    stats = corpus_stats(corpus)
+    assert set(stats["kinds"]) == {"attempt", "check", "drill"}
+    assert set(stats["styles"]) == {"original", "plan_and_execute", "alternatively", "rephrase"}
+    assert 0.35 < stats["attempt_accuracy"] < 0.75  # a noisy solver: right only part of the time
+    checks = [e for e in corpus if e.kind == "check"]
+    assert 0.35 < sum(e.correct for e in checks) / len(checks) < 0.65  # balanced verdicts
+    for e in checks:  # every check demonstration ends with the checker's verdict
+        want = "<verdict>Correct</verdict>" if e.correct else "<verdict>Incorrect</verdict>"
+        assert e.response.endswith(want)
+
+
+def test_heldout_problems_never_appear_in_the_corpus(corpus):
+    held = [
+        p
+        for p in get_task("countdown").make_problems(
+            300, 5, num_args=3, max_number=10, min_target=10, max_target=50
+        )
+        if heldout(p)
+    ]
+    assert held, "the held-out part of the space is empty"
+    assert 0.1 < len(held) / 300 < 0.3
+    # the corpus generator rejects held-out problems outright
+    import random
+
+    from sf_mlx.base.corpus import CorpusConfig, _problem
+
+    rng = random.Random(0)
+    for _ in range(300):
+        p, _ = _problem(rng, CorpusConfig(), ood=False)
+        assert not heldout(p)
+
+
+def test_tokenizer_round_trip_digits_and_tags(tmp_path, corpus):
+    from transformers import AutoTokenizer
+
+    tok = train_tokenizer([t for e in corpus[:500] for t in (e.prompt, e.response)], 400)
+    save_tokenizer(tok, tmp_path)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    text = (
+        "<think>\n<sample>\nStep 1: 12 * 345 = 4140\n<answer>12 * 345</answer>\n</sample>\n"
+        "<reflect>\nok <verdict>Correct</verdict>\n</reflect>\n</think>"
+    )
+    ids = hf.encode(text, add_special_tokens=False)
+    assert hf.decode(ids) == text
+    assert hf.decode(ids, skip_special_tokens=True) == text  # tags are not "special": kept
+    pieces = hf.convert_ids_to_tokens(hf.encode("4140 99", add_special_tokens=False))
+    assert [p for p in pieces if p.strip("Ġ")] == ["4", "1", "4", "0", "9", "9"]
+    for tag in TRACE_TAGS:
+        assert len(hf.encode(tag, add_special_tokens=False)) == 1, tag
+    chat = hf.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert hf.eos_token == "<|im_end|>"
+
+
+def test_tiny_build_learns_and_loads_with_mlx_lm(tiny_model_dir):
+    from mlx_lm import load
+
+    card = json.loads((tiny_model_dir / "metrics.json").read_text())
+    first, final = card["first_losses"][0], card["final_loss"]
+    assert final < 0.5 * first, f"loss did not fall: first {first}, final {final}"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert (tiny_model_dir / name).exists(), name
+    model, tok = load(str(tiny_model_dir))
+    assert tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_shipped_small_base_loads_and_generates():
+    from sf_mlx import model as model_io
+
+    assert (SHIPPED / "config.json").exists(), f"shipped base model missing at {SHIPPED}"
+    card = json.loads((SHIPPED / "metrics.json").read_text())
+    import hashlib
+
+    digest = hashlib.sha256((SHIPPED / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == card["weights_sha256"], "shipped weights differ from the model card's hash"
+    m, tok = model_io.load("builtin:small")
+    problem = get_task("countdown").make_problems(
+        1, 3, num_args=3, max_number=10, min_target=10, max_target=50
+    )[0]
+    gens = model_io.generate(
+        m,
+        tok,
+        [model_io.chat_prompt(tok, problem.question)],
+        model_io.SamplingParams(max_tokens=96),
+        seed=0,
+    )
+    assert gens[0].tokens and gens[0].finish_reason in ("stop", "length")
+    assert len(gens[0].logprobs) == len(gens[0].tokens)
+    assert all(lp <= 0.0 for lp in gens[0].logprobs)
+
+
+@pytest.mark.slow
+def test_rebuilding_small_reproduces_the_shipped_first_losses(tmp_path):
+    """Corpus, tokenizer, initial weights and data order are all functions of the seed."""
+    from sf_mlx.base.build import build
+
+    card = json.loads((SHIPPED / "metrics.json").read_text())
+    out = build(
+        "small",
+        out=tmp_path / "m",
+        work=tmp_path / "w",
+        seed=card["seed"],
+        steps=2,
+        log=lambda _: None,
+        measure_behaviour=False,
+    )
+    shipped_vocab = json.loads((SHIPPED / "tokenizer.json").read_text())["model"]["vocab"]
+    rebuilt_vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    assert rebuilt_vocab == shipped_vocab
+    losses = json.loads((out / "metrics.json").read_text())["first_losses"]
+    assert losses == pytest.approx(card["first_losses"][:2], rel=1e-3)
