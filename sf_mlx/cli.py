@@ -167,6 +167,47 @@ def recipes() -> None:
         typer.echo(f"{name:24s} {desc}")
 
 
+class _Bars:
+    """Rich progress bars, one per stage: done / total and tokens per second."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description:10s}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[tps]:>8.0f} tok/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+
+    def __enter__(self) -> _Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def for_stage(self, stage: str):
+        task = None
+
+        def update(done: int, total: int, tps: float) -> None:
+            nonlocal task
+            if task is None:
+                task = self.progress.add_task(stage, total=total, tps=0.0)
+            self.progress.update(task, completed=done, total=total, **({"tps": tps} if tps else {}))
+
+        return update
+
+
 @app.command("recipe")
 def recipe(
     name: Annotated[
@@ -182,10 +223,86 @@ def recipe(
     from sf_mlx.pipeline import run_recipe
 
     try:
-        run = run_recipe(name, set_, run_dir)
+        with _Bars() as bars:
+            run = run_recipe(
+                name, set_, run_dir, log=bars.progress.console.print, progress=bars.for_stage
+            )
     except (ValueError, ModelLoadError) as e:
         fail(str(e).splitlines()[0])
     typer.echo(f"run directory: {run.path}")
+
+
+@app.command("stage")
+def stage(
+    name: Annotated[str, typer.Argument(help="problems, base, sample, reflect or rearrange.")],
+    run_dir: Annotated[Path, typer.Option(help="An existing run directory (has recipe.yaml).")],
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override a key for this stage only (repeatable).")
+    ] = [],  # noqa: B006 - typer reads list defaults
+) -> None:
+    """Run (or re-run) one stage on a run directory; generation stages resume where they stopped."""
+    import json
+
+    from sf_mlx.config import load_recipe
+    from sf_mlx.model import ModelLoadError
+    from sf_mlx.pipeline import run_stage
+    from sf_mlx.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.recipe.exists():
+        fail(
+            f"{run_dir} has no recipe.yaml; start it with `sf-mlx recipe NAME --run-dir {run_dir}`"
+        )
+    try:
+        recipe_ = load_recipe(str(run.recipe), set_)
+        with _Bars() as bars:
+            info, secs = run_stage(run, recipe_, name, bars.for_stage(name))
+    except (ValueError, ModelLoadError, FileNotFoundError) as e:
+        fail(str(e).splitlines()[0])
+    typer.echo(json.dumps(info, indent=2))
+    typer.echo(f"{name} done in {secs:.1f} s; outputs in {run.path}")
+
+
+@app.command("export")
+def export(
+    run_dir: Annotated[Path, typer.Option(help="A run directory with samples / traces.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    what: Annotated[
+        str, typer.Option(help="traces, samples or raw (the released raw schema).")
+    ] = "traces",
+    fmt: Annotated[str, typer.Option("--format", help="hf (Parquet) or sharegpt (JSONL).")] = "hf",
+) -> None:
+    """Export a run's traces or samples to Hugging Face datasets (Parquet) or ShareGPT JSONL."""
+    from sf_mlx.export import export_run
+
+    try:
+        path = export_run(run_dir, out, what, fmt)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e).splitlines()[0])
+    typer.echo(f"wrote {path}")
+
+
+@app.command("import-raw")
+def import_raw(
+    path: Annotated[
+        Path, typer.Argument(help="JSON/JSONL/Parquet file in the released raw schema.")
+    ],
+    run_dir: Annotated[Path, typer.Option(help="A new run directory to create.")],
+    recipe_name: Annotated[str, typer.Option("--recipe", help="Recipe written into the run.")] = (
+        "countdown-small"
+    ),
+    task: Annotated[str, typer.Option(help="Task the questions belong to.")] = "countdown",
+) -> None:
+    """Import the paper's released samples + reflections, then `sf-mlx stage rearrange` them."""
+    from sf_mlx.export import import_run
+
+    try:
+        counts = import_run(path, run_dir, recipe_name, task)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        fail(str(e).splitlines()[0])
+    typer.echo(
+        f"imported {counts} into {run_dir}; next: sf-mlx stage rearrange --run-dir {run_dir}"
+    )
 
 
 @app.command("config")

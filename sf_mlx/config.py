@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import yaml
 
 from sf_mlx.rundir import write_text_atomic
+from sf_mlx.traces import FORMATS
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 _TRUE = ("true", "1", "yes", "on")
@@ -93,6 +94,7 @@ class ProblemsConfig(_Section):
 
 
 _VARIANTS = ("original", "plan_and_execute", "alternatively", "rephrase")
+_FORMATS = tuple(FORMATS)
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,12 @@ class ReflectConfig(_Section):
 @dataclass(frozen=True)
 class RearrangeConfig(_Section):
     SECTION: ClassVar[str] = "rearrange"
-    format: str = _f("*C_full", "silver trace format (the paper's naming, e.g. *C_full)")
-    valid_fraction: float = _f(0.05, "fraction of traces held out as SFT validation data", min=0.0)
+    format: str = _f(
+        "*C_full", "silver trace format (the paper's naming; see sf_mlx/traces.py)", _FORMATS
+    )
+    valid_fraction: float = _f(
+        0.05, "fraction of SFT problems whose traces are validation data", min=0.0
+    )
     max_pairs: int = _f(5, "most sample+reflection pairs in one trace", min=1)
 
 

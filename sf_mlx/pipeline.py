@@ -13,16 +13,49 @@ from pathlib import Path
 from sf_mlx.config import Recipe, dump_recipe, load_recipe, recipe_to_dict
 from sf_mlx.rundir import RunDir
 
-# (stage name, runner). Later stages (sample, reflect, rearrange, sft, grpo, evaluate, report)
-# are appended here as they are built.
-StageFn = Callable[[RunDir, Recipe], dict]
+# A stage runner: (run, recipe, progress) -> stats. Progress: (done, total, tokens per second).
+Progress = Callable[[int, int, float], None]
+StageFn = Callable[[RunDir, Recipe, Progress | None], dict]
 
 
-def _stages() -> list[tuple[str, StageFn]]:
-    from sf_mlx.stages.base_check import run_base_check
+def _problems(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
     from sf_mlx.stages.problems import run_problems
 
-    return [("problems", run_problems), ("base", run_base_check)]
+    return run_problems(run, recipe)
+
+
+def _base(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
+    from sf_mlx.stages.base_check import run_base_check
+
+    return run_base_check(run, recipe)
+
+
+def _sample(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
+    from sf_mlx.stages.sample import run_sample
+
+    return run_sample(run, recipe, progress)
+
+
+def _reflect(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
+    from sf_mlx.stages.reflect import run_reflect
+
+    return run_reflect(run, recipe, progress)
+
+
+def _rearrange(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
+    from sf_mlx.stages.rearrange import run_rearrange
+
+    return run_rearrange(run, recipe.rearrange, recipe.run.seed)
+
+
+# The paper's order. Later stages (sft, grpo, evaluate, report) are appended as they are built.
+STAGES: dict[str, StageFn] = {
+    "problems": _problems,
+    "base": _base,
+    "sample": _sample,
+    "reflect": _reflect,
+    "rearrange": _rearrange,
+}
 
 
 def open_run(recipe_name: str, overrides: list[str], run_dir: Path | None) -> tuple[RunDir, Recipe]:
@@ -48,29 +81,41 @@ def open_run(recipe_name: str, overrides: list[str], run_dir: Path | None) -> tu
     return run, recipe
 
 
+def run_stage(
+    run: RunDir, recipe: Recipe, stage: str, progress: Progress | None = None
+) -> tuple[dict, float]:
+    """Run one stage (even if done before), with status, events and timing; returns (stats, s)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    run.set_status(stage, "running")
+    run.log_event("stage_start", stage=stage)
+    tic = time.perf_counter()
+    try:
+        info = STAGES[stage](run, recipe, progress)
+    except BaseException:
+        run.set_status(stage, "failed")
+        raise
+    secs = time.perf_counter() - tic
+    run.log_event("stage_end", stage=stage, seconds=round(secs, 2))
+    run.set_status(stage, "done")
+    return info, secs
+
+
 def run_recipe(
     recipe_name: str,
     overrides: list[str] = (),  # type: ignore[assignment]
     run_dir: Path | None = None,
     log: Callable[[str], None] = print,
+    progress: Callable[[str], Progress | None] = lambda stage: None,
 ) -> RunDir:
+    """Run every stage not yet done, in order; `progress(stage)` gives a per-stage callback."""
     run, recipe = open_run(recipe_name, list(overrides), run_dir)
-    stages = _stages()
-    for i, (stage, fn) in enumerate(stages, 1):
+    n = len(STAGES)
+    for i, stage in enumerate(STAGES, 1):
         if run.is_done(stage):
-            log(f"[{i}/{len(stages)}] {stage}: done already, skipped")
+            log(f"[{i}/{n}] {stage}: done already, skipped")
             continue
-        log(f"[{i}/{len(stages)}] {stage} ...")
-        run.set_status(stage, "running")
-        run.log_event("stage_start", stage=stage)
-        tic = time.perf_counter()
-        try:
-            info = fn(run, recipe)
-        except BaseException:
-            run.set_status(stage, "failed")
-            raise
-        secs = time.perf_counter() - tic
-        run.log_event("stage_end", stage=stage, seconds=round(secs, 2))
-        log(f"[{i}/{len(stages)}] {stage}: {info} ({secs:.1f} s)")
-    run.set_status("done", "done")
+        log(f"[{i}/{n}] {stage} ...")
+        info, secs = run_stage(run, recipe, stage, progress(stage))
+        log(f"[{i}/{n}] {stage} done in {secs:.1f} s: {info}")
     return run

@@ -36,10 +36,17 @@ def reflection_prompt(question: str, attempt: str) -> str:
     return f"{REFLECTION_INSTRUCTION}\n\nQuestion: {question}\n\nAttempt:\n{attempt.strip()}"
 
 
-_VERDICT_RE = re.compile(r"<verdict>\s*(correct|incorrect)\s*</verdict>", re.IGNORECASE)
+_VERDICT_RE = re.compile(r"<verdict>(.*?)</verdict>", re.IGNORECASE | re.DOTALL)
 
 
 def parse_verdict(reflection: str) -> str | None:
-    """The first verdict tag: "correct", "incorrect", or None when there is none."""
+    """The FIRST `<verdict>` tag (case-insensitive) as "correct" / "incorrect"; None otherwise.
+
+    As in the released SkillFactory script, only the first tag counts, even when it holds
+    something else (`<verdict>maybe</verdict>` gives None).
+    """
     m = _VERDICT_RE.search(reflection)
-    return m.group(1).lower() if m else None
+    if not m:
+        return None
+    verdict = m.group(1).strip().lower()
+    return verdict if verdict in ("correct", "incorrect") else None

@@ -97,7 +97,8 @@ class Segment(Record):
 
     kind: str  # one of SEGMENT_KINDS
     text: str
-    source_id: str | None = None  # sample_id / reflection_id; None for glue and answer
+    # sample_id (sample, answer) / reflection_id (reflect); None for glue
+    source_id: str | None = None
     correct: bool | None = None  # sample: its grade; glue: the verdict it follows; else None
 
     def __post_init__(self) -> None:

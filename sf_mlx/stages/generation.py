@@ -1,0 +1,82 @@
+"""Resumable batched generation shared by the `sample` and `reflect` stages.
+
+A job is one prompt whose completion becomes one record with a stable id. Records are appended to
+their JSONL file as each batch finishes; on a re-run, ids already in the file are skipped, so a
+killed stage loses at most the batch in flight and never duplicates a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sf_mlx.records import Record
+from sf_mlx.rundir import RunDir, append_jsonl, iter_jsonl
+
+
+@dataclass(frozen=True)
+class Job:
+    record_id: str
+    prompt: str  # the user turn
+    payload: Any  # whatever `make_record` needs besides the generation
+
+
+Progress = Callable[[int, int, float], None]  # (done, total, tokens per second)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed from a stable tuple (never Python's salted hash)."""
+    return (
+        int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "big") >> 1
+    )
+
+
+def existing_ids(path: Path, id_field: str) -> set[str]:
+    if not path.exists():
+        return set()
+    return {row[id_field] for row in iter_jsonl(path)}
+
+
+def run_jobs(
+    run: RunDir,
+    stage: str,
+    out_path: Path,
+    id_field: str,
+    jobs: Sequence[Job],
+    model: Any,
+    tokenizer: Any,
+    params: Any,
+    batch_size: int,
+    seed: int,
+    make_record: Callable[[Job, Any, int], Record],
+    progress: Progress | None = None,
+) -> int:
+    """Generate every job not yet in `out_path`; returns how many were generated now."""
+    from sf_mlx import model as model_io
+
+    done_ids = existing_ids(out_path, id_field)
+    pending = [j for j in jobs if j.record_id not in done_ids]
+    total, done = len(jobs), len(jobs) - len(pending)
+    if progress:
+        progress(done, total, 0.0)
+    for start in range(0, len(pending), batch_size):
+        batch = pending[start : start + batch_size]
+        batch_seed = derive_seed(seed, stage, batch[0].record_id)
+        tic = time.perf_counter()
+        prompts = [model_io.chat_prompt(tokenizer, j.prompt) for j in batch]
+        gens = model_io.generate(
+            model, tokenizer, prompts, params, seed=batch_seed, batch_size=batch_size
+        )
+        tps = sum(len(g.tokens) for g in gens) / max(time.perf_counter() - tic, 1e-9)
+        append_jsonl(
+            out_path, [make_record(j, g, batch_seed) for j, g in zip(batch, gens, strict=True)]
+        )
+        done += len(batch)
+        run.log_progress(stage, done, total)
+        if progress:
+            progress(done, total, tps)
+    return len(pending)
