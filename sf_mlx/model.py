@@ -66,13 +66,18 @@ def load(model: str, adapter_path: str | Path | None = None) -> tuple[Any, Any]:
 
     path = resolve_model_path(model)
     local = Path(path).expanduser()
+    if not local.exists() and (path.startswith(("/", ".", "~")) or path.count("/") > 1):
+        raise ModelLoadError(
+            f"model folder {path} does not exist; pass an existing local HF-format folder "
+            "(config.json + *.safetensors + tokenizer) or a Hugging Face id like Qwen/Qwen2.5-0.5B"
+        )
     if local.exists() and not (local / "config.json").exists():
         raise ModelLoadError(f"{path}: folder has no config.json; pass an HF-format model folder")
     try:
         m, tok = mlx_load(str(local) if local.exists() else path, adapter_path=adapter_path)
     except Exception as e:  # noqa: BLE001 - mlx-lm/huggingface_hub raise many types; re-raised as one line
         kind = "local folder" if local.exists() else "Hugging Face id (needs network or cache)"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise ModelLoadError(
             f"could not load model {model!r} as a {kind}: {first}. "
             "Offline? Pass a local HF-format folder (config.json + *.safetensors + tokenizer)."

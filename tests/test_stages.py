@@ -1,0 +1,90 @@
+"""The data stages on a tiny model: sample and reflect produce graded, resumable records."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sf_mlx.config import dump_recipe, load_recipe
+from sf_mlx.pipeline import run_stage
+from sf_mlx.records import Problem, Reflection, Sample
+from sf_mlx.rundir import RunDir, read_jsonl
+from sf_mlx.tasks import grade
+
+VARIANTS = ("original", "plan_and_execute", "alternatively", "rephrase")
+
+
+def _run(tmp_path: Path, model_dir: Path, *extra: str) -> tuple[RunDir, object]:
+    recipe = load_recipe(
+        "countdown-tiny",
+        [f"run.model={model_dir}", "problems.n_sft=3", "problems.n_rl=2", "problems.n_eval=2",
+         "sample.n_samples=2", "sample.max_tokens=40", "sample.batch_size=8",
+         "reflect.n_reflections=2", "reflect.max_tokens=40", *extra],
+    )
+    run = RunDir(tmp_path / "run").create()
+    dump_recipe(recipe, run.recipe)
+    run_stage(run, recipe, "problems")
+    return run, recipe
+
+
+def test_sample_then_reflect_on_a_tiny_model(tmp_path, tiny_model_dir):
+    run, recipe = _run(tmp_path, tiny_model_dir)
+    stats, _ = run_stage(run, recipe, "sample")
+    samples = read_jsonl(run.samples, Sample)
+    problems = {p.problem_id: p for p in read_jsonl(run.problems, Problem)}
+    sft = [p for p in problems.values() if p.split == "sft"]
+    assert len(samples) == len(sft) * len(VARIANTS) * 2 == stats["samples"]
+    assert Counter(s.variant for s in samples) == {v: len(sft) * 2 for v in VARIANTS}
+    for s in samples:  # every grade is the checker's grade of the response's last answer
+        assert (s.extracted, s.correct) == grade(problems[s.problem_id], s.response)
+        assert s.finish_reason in ("stop", "length") and s.num_tokens <= 40
+    assert run.is_done("sample")
+
+    stats, _ = run_stage(run, recipe, "reflect")
+    reflections = read_jsonl(run.reflections, Reflection)
+    assert len(reflections) == 2 * len(samples) == stats["reflections"]
+    by_id = {s.sample_id: s for s in samples}
+    for r in reflections:
+        want = "correct" if by_id[r.sample_id].correct else "incorrect"
+        assert r.agrees == (r.verdict == want)
+    assert stats["samples_kept"] == len({r.sample_id for r in reflections if r.agrees})
+
+
+def test_rerunning_sample_generates_nothing_new(tmp_path, tiny_model_dir):
+    run, recipe = _run(tmp_path, tiny_model_dir, "sample.n_samples=1")
+    run_stage(run, recipe, "sample")
+    before = run.samples.read_bytes()
+    run_stage(run, recipe, "sample")
+    assert run.samples.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sample_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_model_dir):
+    run, recipe = _run(tmp_path, tiny_model_dir, "sample.batch_size=2", "problems.n_sft=4")
+    cmd = [sys.executable, "-m", "sf_mlx.cli", "stage", "sample", "--run-dir", str(run.path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for at least two finished batches, then kill -9
+        if run.samples.exists() and run.samples.read_bytes().count(b"\n") >= 4:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = read_jsonl(run.samples, Sample)
+    total = 4 * len(VARIANTS) * 2
+    assert 0 < len(partial) < total, "kill landed before the first or after the last batch"
+    assert not run.is_done("sample")
+
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples = read_jsonl(run.samples, Sample)
+    ids = [s.sample_id for s in samples]
+    assert len(ids) == len(set(ids)) == total
+    assert {s.sample_id: s for s in samples}.keys() >= {s.sample_id for s in partial}
+    assert run.is_done("sample")
