@@ -104,5 +104,80 @@ def _print_table(rows: list[dict], fixed_status: dict, stock_status: dict | None
         )
 
 
+def bench_sampling(
+    model: str = "builtin:small",
+    n_prompts: int = 64,
+    batch_size: int = 32,
+    max_tokens: int = 128,
+    rounds: int = 2,
+    seed: int = 0,
+) -> dict:
+    """sf-mlx rollouts (token ids, text, logprobs, finish reason) vs `mlx_lm.batch_generate` on
+    the same model, prompts, batch size and sampler; alternating rounds, best tokens/s of each."""
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from sf_mlx import model as model_io
+    from sf_mlx.tasks import get_task
+
+    m, tok = model_io.load(model)
+    problems = get_task("countdown").make_problems(
+        n_prompts, seed, num_args=3, max_number=10, min_target=10, max_target=50
+    )
+    prompts = [model_io.chat_prompt(tok, p.question) for p in problems]
+    params = model_io.SamplingParams(max_tokens=max_tokens)
+
+    def ours() -> int:
+        gens = model_io.generate(m, tok, prompts, params, seed=seed, batch_size=batch_size)
+        return sum(len(g.tokens) for g in gens)
+
+    def mlx_lm_batch() -> int:
+        import mlx.core as mx
+        from mlx_lm import batch_generate
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        mx.random.seed(seed)
+        sampler = make_sampler(params.temperature, top_p=params.top_p, top_k=params.top_k)
+        procs = make_logits_processors(repetition_penalty=params.repetition_penalty)
+        resp = batch_generate(
+            m,
+            tok,
+            prompts,
+            max_tokens=max_tokens,
+            sampler=sampler,
+            logits_processors=procs,
+            completion_batch_size=batch_size,
+            prefill_batch_size=min(batch_size, 8),
+        )
+        return int(resp.stats.generation_tokens)
+
+    runners = {"sf-mlx generate": ours, "mlx_lm.batch_generate": mlx_lm_batch}
+    best: dict[str, float] = {}
+    ours(), mlx_lm_batch()  # warm-up: compile and allocate once for both
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            tic = time.perf_counter()
+            n_tokens = fn()
+            tps = n_tokens / (time.perf_counter() - tic)
+            best[name] = max(best.get(name, 0.0), tps)
+    ratio = best["sf-mlx generate"] / best["mlx_lm.batch_generate"]
+    table = Table(
+        title=f"sampling: {model}, {n_prompts} prompts, batch {batch_size}, "
+        f"max {max_tokens} tokens (best of {rounds} rounds)"
+    )
+    table.add_column("engine")
+    table.add_column("tokens/s", justify="right")
+    for name, tps in best.items():
+        table.add_row(name, f"{tps:.0f}")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"sf-mlx / mlx_lm = {ratio:.2f} (sf-mlx also returns logprobs and finish reasons)"
+    )
+    return {"tokens_per_sec": best, "ratio": ratio}
+
+
 if __name__ == "__main__":
     bench_matmul(tuple(int(a) for a in sys.argv[1:]) or (256, 512, 1024, 2048))

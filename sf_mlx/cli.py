@@ -127,6 +127,26 @@ def bench_matmul(
     run(parsed, reps)
 
 
+@bench_app.command("sampling")
+def bench_sampling(
+    model: Annotated[str, typer.Option(help="Model folder, Hub id or builtin:small.")] = (
+        "builtin:small"
+    ),
+    prompts: Annotated[int, typer.Option(help="Countdown prompts generated per round.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 32,
+    max_tokens: Annotated[int, typer.Option(help="Generation limit per prompt.")] = 128,
+    rounds: Annotated[int, typer.Option(help="Alternating timed rounds (best is kept).")] = 2,
+) -> None:
+    """sf-mlx rollout tokens/s vs mlx_lm.batch_generate on the same model, prompts and batch."""
+    from sf_mlx.bench import bench_sampling as run
+    from sf_mlx.model import ModelLoadError
+
+    try:
+        run(model, prompts, batch_size, max_tokens, rounds)
+    except ModelLoadError as e:
+        fail(str(e))
+
+
 @base_app.command("build")
 def base_build(
     size: Annotated[

@@ -38,7 +38,9 @@ class Generation:
     prompt_tokens: int
     tokens: list[int]
     text: str
-    logprobs: list[float]  # log-probability of each sampled token under the sampling policy
+    # log-probability of each sampled token: log-softmax of the logits after logits processors
+    # (repetition penalty), before temperature / top-p / top-k
+    logprobs: list[float]
     finish_reason: str  # "stop" (EOS) or "length"
 
 
@@ -128,10 +130,15 @@ def generate(
         logprobs: dict[int, list[float]] = {u: [] for u in uids}
         finish: dict[int, str] = {}
         while responses := gen.next_generated():
-            for r in responses:
-                if r.finish_reason != "stop":  # the EOS token itself is not part of the text
+            kept = [r for r in responses if r.finish_reason != "stop"]  # EOS is not in the text
+            if kept:  # one gather + one transfer per step, not one per sequence
+                rows = mx.stack([r.logprobs for r in kept])  # (B, V), already evaluated
+                picked = mx.array([r.token for r in kept])[:, None]  # (B, 1)
+                values = mx.take_along_axis(rows, picked, axis=-1)[:, 0].tolist()
+                for r, lp in zip(kept, values, strict=True):
                     tokens[r.uid].append(r.token)
-                    logprobs[r.uid].append(r.logprobs[r.token].item())
+                    logprobs[r.uid].append(lp)
+            for r in responses:
                 if r.finish_reason is not None:
                     finish[r.uid] = r.finish_reason
     finally:
