@@ -52,7 +52,17 @@ METRICS: tuple[Metric, ...] = (
     Metric("grpo/clip_fraction", "clipped", "fraction of tokens whose ratio was clipped", ".3f"),
     Metric("grpo/kl", "KL", "mean per-token KL to the adapter-off reference policy"),
     Metric("grpo/entropy", "entropy", "mean per-token entropy of the policy on its completions"),
-    Metric("grpo/tokens_per_sec", "GRPO tok/s", "generated tokens per second in rollouts", ".0f"),
+    Metric(
+        "grpo/tokens_per_sec", "GRPO tok/s", "completion tokens per second of the whole step", ".0f"
+    ),
+    Metric("grpo/loss", "loss", "clipped surrogate loss (+ beta * KL), mean over updates"),
+    Metric("grpo/grad_norm", "grad norm", "gradient norm before clipping to 1.0", ".3f"),
+    Metric(
+        "grpo/logprob_gap",
+        "logprob gap",
+        "max |sampler log-prob - training forward log-prob| over sampled tokens (float error)",
+        ".2e",
+    ),
     Metric("grpo/peak_memory_gb", "peak mem GB", "peak accelerator memory in GB", ".2f"),
     Metric(
         "grpo/samples_per_response",

@@ -48,6 +48,27 @@ def _rearrange(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
     return run_rearrange(run, recipe.rearrange, recipe.run.seed)
 
 
+def _sft(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
+    from sf_mlx.stages.sft import run_sft
+
+    return run_sft(run, recipe, progress)
+
+
+def _star(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
+    from sf_mlx.stages.arms import run_star
+
+    return run_star(run, recipe, progress)
+
+
+def _grpo(arm: str) -> StageFn:
+    def stage(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
+        from sf_mlx.stages.arms import run_grpo_arm
+
+        return run_grpo_arm(run, recipe, arm, progress)
+
+    return stage
+
+
 # The paper's order. Later stages (sft, grpo, evaluate, report) are appended as they are built.
 STAGES: dict[str, StageFn] = {
     "problems": _problems,
@@ -55,7 +76,24 @@ STAGES: dict[str, StageFn] = {
     "sample": _sample,
     "reflect": _reflect,
     "rearrange": _rearrange,
+    "sft": _sft,
+    "star": _star,
+    "grpo/sft_grpo": _grpo("sft_grpo"),
+    "grpo/rl_only": _grpo("rl_only"),
+    "grpo/star_grpo": _grpo("star_grpo"),
 }
+
+
+def stage_plan(recipe: Recipe) -> list[str]:
+    """The stages a recipe runs: every data stage, then what its arms need."""
+    arms = set(recipe.evaluate.arms)
+    wanted = {
+        "star": "star_grpo" in arms,
+        "grpo/sft_grpo": "sft_grpo" in arms,
+        "grpo/rl_only": "rl_only" in arms,
+        "grpo/star_grpo": "star_grpo" in arms,
+    }
+    return [s for s in STAGES if wanted.get(s, True)]
 
 
 def open_run(recipe_name: str, overrides: list[str], run_dir: Path | None) -> tuple[RunDir, Recipe]:
@@ -110,8 +148,9 @@ def run_recipe(
 ) -> RunDir:
     """Run every stage not yet done, in order; `progress(stage)` gives a per-stage callback."""
     run, recipe = open_run(recipe_name, list(overrides), run_dir)
-    n = len(STAGES)
-    for i, stage in enumerate(STAGES, 1):
+    plan = stage_plan(recipe)
+    n = len(plan)
+    for i, stage in enumerate(plan, 1):
         if run.is_done(stage):
             log(f"[{i}/{n}] {stage}: done already, skipped")
             continue

@@ -1,0 +1,138 @@
+"""The comparison arms: STaR data and SFT, each arm's starting model, and the `grpo/<arm>` stages.
+
+Every arm runs the identical GRPO config on the identical RL pool; only the starting model
+differs (PAPER.md "Baselines"):
+- `rl_only`: GRPO from the base model;
+- `sft_grpo`: GRPO from base + SkillFactory SFT (the SFT adapter fused into the weights);
+- `star_grpo`: GRPO from base + STaR SFT (SFT on the model's own correct samples).
+The GRPO reference policy of an arm is its starting model (its GRPO adapter switched off).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sf_mlx.config import Recipe
+from sf_mlx.records import Problem, Rollout, Sample
+from sf_mlx.rundir import RunDir, append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+from sf_mlx.tasks import grade
+
+GRPO_ARMS = ("sft_grpo", "rl_only", "star_grpo")
+
+
+def star_rows(problems: dict[str, Problem], samples: list[Sample]) -> list[dict]:
+    """STaR SFT data: the plain question and each of the model's own correct samples."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": problems[s.problem_id].question},
+                {"role": "assistant", "content": s.response.strip()},
+            ]
+        }
+        for s in samples
+        if s.correct and s.finish_reason == "stop"
+    ]
+
+
+def run_star(run: RunDir, recipe: Recipe, progress=None) -> dict:
+    """SFT on STaR data with the same SFT settings as SkillFactory's (stage `star`)."""
+    from sf_mlx.stages.sft import train_sft
+
+    problems = {p.problem_id: p for p in read_jsonl(run.problems, Problem)}
+    rows = star_rows(problems, read_jsonl(run.samples, Sample))
+    if not rows:
+        raise ValueError("STaR: the sample stage produced no correct samples to train on")
+    star_dir = run.path / "star"
+    write_jsonl_atomic(star_dir / "train.jsonl", rows)
+    stats = train_sft(
+        recipe.run.model,
+        star_dir / "train.jsonl",
+        None,
+        _sft_out(star_dir, recipe),
+        recipe.sft,
+        recipe.run.seed,
+        log_metrics=lambda step, m: run.log_metrics("star", step, m),
+        progress=progress,
+    )
+    run.mark_done("star", stats)
+    return stats
+
+
+def _sft_out(folder: Path, recipe: Recipe) -> Path:
+    return folder / ("adapters" if recipe.sft.method == "lora" else "model")
+
+
+def starting_model(run: RunDir, recipe: Recipe, arm: str) -> str:
+    """A model folder (or the recipe's model id) an arm's GRPO starts from."""
+    from sf_mlx.stages.sft import fuse
+
+    if arm == "rl_only":
+        return recipe.run.model
+    folder = {"sft_grpo": run.sft_dir, "star_grpo": run.path / "star"}[arm]
+    if recipe.sft.method == "full":
+        return str(folder / "model")
+    fused = folder / "fused"
+    if not (fused / "config.json").exists():
+        fuse(recipe.run.model, folder / "adapters", fused)
+    return str(fused)
+
+
+def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
+    """GRPO for one arm: rollouts saved per step, metrics logged, adapters saved in mlx-lm form."""
+    from sf_mlx import model as model_io
+    from sf_mlx.lora import attach_lora, save_adapters
+    from sf_mlx.stages.grpo import train_grpo
+
+    if arm not in GRPO_ARMS:
+        raise ValueError(f"unknown GRPO arm {arm!r}; expected one of {', '.join(GRPO_ARMS)}")
+    cfg, stage, out = recipe.grpo, f"grpo/{arm}", run.grpo_dir(arm)
+    start = starting_model(run, recipe, arm)
+    model, tok = model_io.load(start)
+    lora_config = attach_lora(model, cfg.lora_rank, cfg.lora_scale, 0.0, -1)
+    problems = [p for p in read_jsonl(run.problems, Problem) if p.split == "rl"]
+    history: list[dict] = []
+
+    def on_step(step: int, metrics: dict, batch) -> None:
+        g = cfg.group_size
+        rows = [
+            Rollout(
+                step=step,
+                group=k // g,
+                problem_id=problems[batch.problem_idx[k // g]].problem_id,
+                index=k % g,
+                completion=text,
+                reward=float(batch.rewards.flat[k]),
+                advantage=float(batch.advantages.flat[k]),
+                extracted=grade(problems[batch.problem_idx[k // g]], text)[0],
+                num_tokens=len(batch.completions[k]),
+                truncated=batch.truncated[k],
+                arm=arm,
+            )
+            for k, text in enumerate(batch.texts)
+        ]
+        write_jsonl_atomic(run.rollouts_path(arm, step), rows)
+        run.log_metrics(stage, step, metrics)
+        history.append(metrics)
+        run.log_progress(stage, step, cfg.steps)
+        if progress:
+            progress(step, cfg.steps, metrics["grpo/tokens_per_sec"])
+
+    steps = train_grpo(
+        model,
+        tok,
+        problems,
+        lambda p, text: float(grade(p, text)[1]),
+        cfg,
+        out / "checkpoint",
+        recipe.run.seed,
+        on_step=on_step,
+    )
+    save_adapters(model, out / "adapters", lora_config)
+    write_json_atomic(out / "model.json", {"start_model": start, "adapters": str(out / "adapters")})
+    stats = {"arm": arm, "steps": steps, "start_model": start}
+    if history:
+        last = history[-1]
+        stats.update({k.split("/", 1)[1]: round(float(v), 4) for k, v in last.items()})
+    append_jsonl(out / "summary.jsonl", [stats])
+    run.mark_done(stage, stats)
+    return stats

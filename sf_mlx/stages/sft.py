@@ -1,0 +1,355 @@
+"""The `sft` stage (PAPER.md stage 6): supervised fine-tuning on chat rows, loss on the answer only.
+
+Algorithm (`train_sft`, for any mlx-lm chat JSONL: silver traces, STaR data, ...):
+1. Each row `{"messages": [..., {"role": "assistant", "content": A}]}` becomes
+   prompt = chat template of the messages before the last, with the generation prompt (the ids
+   `model.chat_prompt` gives at sampling time), then the ids of A alone, then the EOS id.
+   Mask 1 on A + EOS, 0 on the prompt. Rows over `max_seq_len` tokens are cut from the right
+   (counted); a row left with no answer token is dropped (counted).
+2. Rows sorted by length are cut into fixed batches of `batch_size` (the last may be smaller);
+   each epoch visits every batch once, in the order `default_rng([seed, epoch]).permutation`,
+   so step k's batch is a pure function of (seed, k). Batches are right-padded.
+3. Loss: cross-entropy of each next token, summed over the masked tokens of the batch and
+   divided by their count (token-weighted mean). AdamW (weight decay 0), linear warmup from 1% of
+   the peak lr over `warmup` steps, then cosine decay to 0 at `iters`; gradient norm clipped to
+   1.0; one `mx.compile`d step, one `mx.eval` per step.
+4. `lora` (default): the base is frozen and mlx-lm's LoRA layers go on every linear of the top
+   `num_layers` blocks; `full`: every parameter trains. Validation loss (same token-weighted
+   mean over all of valid.jsonl) every `eval_every` steps and at the end.
+5. Saved every `save_every` steps and at the end: LoRA -> `adapters.safetensors` +
+   `adapter_config.json` (mlx-lm's format); full -> a complete HF folder (weights, config,
+   tokenizer). Both load with `mlx_lm.load`; `fuse` merges an adapter into a plain HF folder.
+
+Deviations from the paper: the paper fully fine-tunes with lr 1e-6, batch 1, cosine, 1-2 epochs,
+4k context; here LoRA (rank 8, scale 20, lr 1e-4, batch 4, a fixed number of steps, 1k context)
+is the default so it fits a laptop; `sft.method=full` is the paper's. The chat template's tokens
+after EOS (a newline in ChatML) are not trained. No optimizer checkpoints: a killed SFT restarts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+
+from sf_mlx.base.pretrain import masked_ce
+from sf_mlx.config import Recipe, SftConfig
+from sf_mlx.lora import attach_lora, count_params, save_adapters
+from sf_mlx.rundir import RunDir, read_jsonl, write_json_atomic
+
+STAGE = "sft"
+GRAD_CLIP = 1.0  # max global gradient norm (the HF Trainer default)
+PAD_TO = 32  # batch widths are rounded up to a multiple of this (+1): fewer compiled shapes
+
+Example = tuple[list[int], list[float]]  # token ids, loss mask (1 on answer + EOS)
+LogMetrics = Callable[[int, dict[str, float]], None]  # (step, {metric name: value})
+Progress = Callable[[int, int, float], None]  # (done steps, total steps, tokens per second)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> Example:
+    """(ids, mask) of one chat: the last message is the trained answer, the rest the prompt."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("a chat row must end with an assistant message")
+    prompt = list(
+        tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
+    )
+    # the answer is encoded alone, so the prompt/answer boundary is exact (no merge across it)
+    answer = list(tokenizer.encode(messages[-1]["content"], add_special_tokens=False))
+    answer.append(tokenizer.eos_token_id)
+    return prompt + answer, [0.0] * len(prompt) + [1.0] * len(answer)
+
+
+def load_examples(
+    tokenizer: Any, path: str | os.PathLike[str], max_seq_len: int
+) -> tuple[list[Example], int, int]:
+    """(examples, rows truncated, rows dropped for having no answer token left) of a chat JSONL."""
+    examples: list[Example] = []
+    truncated = dropped = 0
+    for i, row in enumerate(read_jsonl(path), start=1):
+        try:
+            ids, mask = encode_chat(tokenizer, row["messages"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{i}: not an mlx-lm chat row ({e})") from e
+        if len(ids) > max_seq_len:
+            truncated += 1
+            ids, mask = ids[:max_seq_len], mask[:max_seq_len]
+        if sum(mask[1:]) == 0:  # the first token is never a target
+            dropped += 1
+            continue
+        examples.append((ids, mask))
+    return examples, truncated, dropped
+
+
+def make_batches(examples: list[Example], batch_size: int, pad_id: int) -> list[tuple]:
+    """Length-sorted fixed batches as numpy (tokens (B, T) int32, mask (B, T) float32)."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = [examples[i] for i in order[start : start + batch_size]]
+        longest = max(len(ids) for ids, _ in rows)
+        width = max(longest, 1 + PAD_TO * math.ceil((longest - 1) / PAD_TO))
+        tokens = np.full((len(rows), width), pad_id, dtype=np.int32)  # (B, T)
+        mask = np.zeros((len(rows), width), dtype=np.float32)  # (B, T)
+        for r, (ids, m) in enumerate(rows):
+            tokens[r, : len(ids)] = ids
+            mask[r, : len(m)] = m
+        batches.append((tokens, mask))
+    return batches
+
+
+def batch_for_step(n_batches: int, step: int, seed: int) -> int:
+    """Index of step `step`'s batch (0-based): one seeded permutation of the batches per epoch."""
+    epoch, k = divmod(step, n_batches)
+    return int(np.random.default_rng([seed, epoch]).permutation(n_batches)[k])
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def make_optimizer(cfg: SftConfig) -> optim.Optimizer:
+    """AdamW; linear warmup from 1% of the peak lr, then cosine decay to 0 at `cfg.iters`."""
+    lr = cfg.learning_rate
+    decay = optim.cosine_decay(lr, max(1, cfg.iters - cfg.warmup), 0.0)
+    if cfg.warmup > 0:
+        warm = optim.linear_schedule(0.01 * lr, lr, cfg.warmup)
+        decay = optim.join_schedules([warm, decay], [cfg.warmup])
+    return optim.AdamW(learning_rate=decay, weight_decay=0.0)
+
+
+def evaluate(model: nn.Module, batches: list[tuple]) -> float:
+    """Token-weighted mean cross-entropy over the answer tokens of all `batches`."""
+    model.eval()
+    total = count = 0.0
+    for tokens, mask in batches:
+        loss, n = masked_ce(model, mx.array(tokens), mx.array(mask))
+        mx.eval(loss, n)
+        total += loss.item() * n.item()
+        count += n.item()
+    model.train()
+    return total / max(count, 1.0)
+
+
+def train(
+    model: nn.Module,
+    train_batches: list[tuple],
+    valid_batches: list[tuple],
+    cfg: SftConfig,
+    seed: int,
+    log_metrics: LogMetrics | None = None,
+    progress: Progress | None = None,
+    save: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train the trainable parameters of `model` in place for `cfg.iters` steps; returns stats."""
+    if not train_batches:
+        raise ValueError("no training batches: the training file has no usable rows")
+    log = log_metrics or (lambda step, metrics: None)
+    mx.random.seed(seed)  # dropout
+    opt = make_optimizer(cfg)
+    opt.init(model.trainable_parameters())
+    loss_and_grad = nn.value_and_grad(model, masked_ce)
+    state = [model.state, opt.state, mx.random.state]
+
+    def step_fn(tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
+        (loss, n), grads = loss_and_grad(model, tokens, mask)  # scalar, scalar
+        grads, _ = optim.clip_grad_norm(grads, GRAD_CLIP)
+        opt.update(model, grads)
+        return loss, n
+
+    compiled = mx.compile(step_fn, inputs=state, outputs=state)
+    model.train()
+    losses: list[float] = []
+    valid_loss = None
+    train_tokens, train_secs = 0, 0.0
+    for step in range(1, cfg.iters + 1):
+        tokens, mask = train_batches[batch_for_step(len(train_batches), step - 1, seed)]
+        tic = time.perf_counter()
+        loss, n = compiled(mx.array(tokens), mx.array(mask))  # (B, T) each in
+        mx.eval(state, loss, n)
+        secs = time.perf_counter() - tic
+        loss_f, n_tok = loss.item(), int(n.item())
+        if not math.isfinite(loss_f):
+            raise FloatingPointError(f"SFT loss is {loss_f} at step {step}")
+        losses.append(loss_f)
+        train_tokens, train_secs = train_tokens + n_tok, train_secs + secs
+        tps = n_tok / max(secs, 1e-9)
+        metrics = {
+            "sft/train_loss": loss_f,
+            "sft/learning_rate": opt.learning_rate.item(),
+            "sft/tokens_per_sec": tps,
+        }
+        if valid_batches and (step % cfg.eval_every == 0 or step == cfg.iters):
+            valid_loss = evaluate(model, valid_batches)
+            metrics["sft/valid_loss"] = valid_loss
+        log(step, metrics)
+        if save and (step % cfg.save_every == 0 or step == cfg.iters):
+            save(step)
+        if progress:
+            progress(step, cfg.iters, tps)
+    return {
+        "steps": cfg.iters,
+        "epochs": cfg.iters / len(train_batches),
+        "train_loss_first": losses[0],
+        "train_loss": losses[-1],
+        "valid_loss": valid_loss,
+        "tokens_per_sec": train_tokens / max(train_secs, 1e-9),
+    }
+
+
+# --- model folders -------------------------------------------------------------------------------
+
+
+def _source_dir(model_path: str) -> Path:
+    """The local folder of a model path, Hub id (from the cache) or `builtin:NAME`."""
+    from mlx_lm.utils import hf_repo_to_path
+
+    from sf_mlx.model import resolve_model_path
+
+    path = resolve_model_path(model_path)
+    return Path(path) if Path(path).exists() else hf_repo_to_path(path)
+
+
+def save_model_folder(
+    model: nn.Module, tokenizer: Any, model_path: str, out_dir: str | os.PathLike[str]
+) -> Path:
+    """Write `model` as an HF folder (weights, config, tokenizer) that `mlx_lm.load` reads.
+
+    Written to a temp folder then swapped in, so `out_dir` is always a complete model.
+    """
+    from mlx_lm.utils import load_config, save
+
+    src, out = _source_dir(model_path), Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp, str(src), model, tokenizer, load_config(src), donate_model=False)
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def fuse(
+    model_path: str, adapter_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
+) -> Path:
+    """Merge a LoRA adapter into its base and write a plain HF folder (no adapter needed)."""
+    from mlx.utils import tree_unflatten
+
+    from sf_mlx import model as model_io
+
+    model, tokenizer = model_io.load(model_path, adapter_path=adapter_path)
+    # as mlx_lm/fuse.py: every LoRA layer is replaced by its merged linear
+    fused = [(name, m.fuse()) for name, m in model.named_modules() if hasattr(m, "fuse")]
+    if not fused:
+        raise ValueError(f"{adapter_path}: no LoRA layers to fuse")
+    model.update_modules(tree_unflatten(fused))
+    return save_model_folder(model, tokenizer, model_path, out_dir)
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+
+def train_sft(
+    model_path: str,
+    train_path: str | os.PathLike[str],
+    valid_path: str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str],
+    cfg: SftConfig,
+    seed: int,
+    log_metrics: LogMetrics | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `model_path` on a chat JSONL; saves the adapter (or full model) in `out_dir`."""
+    from sf_mlx import model as model_io
+
+    tic = time.perf_counter()
+    model, tokenizer = model_io.load(model_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train_ex, truncated, dropped = load_examples(tokenizer, train_path, cfg.max_seq_len)
+    valid_ex: list[Example] = []
+    if valid_path is not None and Path(valid_path).exists():
+        valid_ex, v_trunc, v_drop = load_examples(tokenizer, valid_path, cfg.max_seq_len)
+        truncated, dropped = truncated + v_trunc, dropped + v_drop
+    if not train_ex:
+        raise ValueError(
+            f"{train_path}: no row with an answer token within max_seq_len={cfg.max_seq_len} "
+            f"({dropped} cut before their answer)"
+        )
+
+    mx.random.seed(seed)  # LoRA initialisation
+    out = Path(out_dir)
+    if cfg.method == "lora":
+        adapter_cfg = attach_lora(model, cfg.rank, cfg.scale, cfg.dropout, cfg.num_layers)
+
+        def save(step: int) -> None:
+            save_adapters(model, out, adapter_cfg)
+    else:
+        model.unfreeze()
+
+        def save(step: int) -> None:
+            save_model_folder(model, tokenizer, model_path, out)
+
+    trainable, total = count_params(model)
+    stats = train(
+        model,
+        make_batches(train_ex, cfg.batch_size, pad_id),
+        make_batches(valid_ex, cfg.batch_size, pad_id),
+        cfg,
+        seed,
+        log_metrics,
+        progress,
+        save,
+    )
+    return {
+        "method": cfg.method,
+        "model": model_path,
+        "out_dir": str(out),
+        **stats,
+        "train_rows": len(train_ex),
+        "valid_rows": len(valid_ex),
+        "truncated": truncated,
+        "dropped": dropped,
+        "trainable_params": trainable,
+        "total_params": total,
+        "seconds": time.perf_counter() - tic,
+    }
+
+
+def run_sft(run: RunDir, recipe: Recipe, progress: Progress | None = None) -> dict[str, Any]:
+    """SFT of the recipe's model on `sft/train.jsonl`; output in `sft/adapters` (or `sft/model`)."""
+    train_path = run.sft_dir / "train.jsonl"
+    if not train_path.exists():
+        raise ValueError(f"{train_path} does not exist; run the rearrange stage first")
+    cfg = recipe.sft
+    out_dir = run.sft_dir / ("adapters" if cfg.method == "lora" else "model")
+
+    def on_progress(done: int, total: int, tps: float) -> None:
+        run.log_progress(STAGE, done, total)
+        if progress:
+            progress(done, total, tps)
+
+    stats = train_sft(
+        recipe.run.model,
+        train_path,
+        run.sft_dir / "valid.jsonl",
+        out_dir,
+        cfg,
+        recipe.run.seed,
+        log_metrics=lambda step, metrics: run.log_metrics(STAGE, step, metrics),
+        progress=on_progress,
+    )
+    write_json_atomic(run.sft_dir / "sft_stats.json", stats)
+    run.mark_done(STAGE, stats)
+    return stats
