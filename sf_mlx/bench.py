@@ -179,5 +179,73 @@ def bench_sampling(
     return {"tokens_per_sec": best, "ratio": ratio}
 
 
+def bench_grpo(
+    model: str = "builtin:small",
+    steps: int = 3,
+    prompts_per_step: int = 8,
+    group_size: int = 8,
+    max_tokens: int = 128,
+    seed: int = 0,
+) -> list[dict]:
+    """GRPO iteration time for a fixed config on Countdown-3, split into rollout and update."""
+    import tempfile
+    from dataclasses import replace
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from sf_mlx import model as model_io
+    from sf_mlx.config import GrpoConfig
+    from sf_mlx.lora import attach_lora
+    from sf_mlx.stages.grpo import train_grpo
+    from sf_mlx.tasks import get_task, grade
+
+    m, tok = model_io.load(model)
+    attach_lora(m, rank=8, scale=20.0, dropout=0.0, num_layers=-1)
+    problems = get_task("countdown").make_problems(
+        prompts_per_step * steps, seed, num_args=3, max_number=10, min_target=10, max_target=50
+    )
+    cfg = replace(
+        GrpoConfig(),
+        steps=steps,
+        prompts_per_step=prompts_per_step,
+        group_size=group_size,
+        minibatch_prompts=min(4, prompts_per_step),
+        max_tokens=max_tokens,
+        checkpoint_every=steps,
+    )
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        train_grpo(
+            m,
+            tok,
+            problems,
+            lambda p, t: float(grade(p, t)[1]),
+            cfg,
+            tmp,
+            seed,
+            on_step=lambda s, met, b: rows.append({"step": s, **met}),
+        )
+    table = Table(
+        title=f"GRPO on {model}: {prompts_per_step} prompts x {group_size} "
+        f"completions x <= {max_tokens} tokens per step"
+    )
+    for col in ("step", "total s", "rollout s", "update s", "tokens/s", "mean len", "reward"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        total = r["grpo/rollout_sec"] + r["grpo/update_sec"]
+        table.add_row(
+            str(r["step"]),
+            f"{total:.1f}",
+            f"{r['grpo/rollout_sec']:.1f}",
+            f"{r['grpo/update_sec']:.1f}",
+            f"{r['grpo/tokens_per_sec']:.0f}",
+            f"{r['grpo/mean_length']:.0f}",
+            f"{r['grpo/reward']:.2f}",
+        )
+    Console().print(table)
+    return rows
+
+
 if __name__ == "__main__":
     bench_matmul(tuple(int(a) for a in sys.argv[1:]) or (256, 512, 1024, 2048))

@@ -147,6 +147,26 @@ def bench_sampling(
         fail(str(e))
 
 
+@bench_app.command("grpo")
+def bench_grpo(
+    model: Annotated[str, typer.Option(help="Model folder, Hub id or builtin:small.")] = (
+        "builtin:small"
+    ),
+    steps: Annotated[int, typer.Option(help="GRPO steps timed.")] = 3,
+    prompts: Annotated[int, typer.Option(help="Prompts per step.")] = 8,
+    group_size: Annotated[int, typer.Option(help="Completions per prompt.")] = 8,
+    max_tokens: Annotated[int, typer.Option(help="Generation limit per completion.")] = 128,
+) -> None:
+    """GRPO iteration time for a fixed config, split into rollout and update."""
+    from sf_mlx.bench import bench_grpo as run
+    from sf_mlx.model import ModelLoadError
+
+    try:
+        run(model, steps, prompts, group_size, max_tokens)
+    except ModelLoadError as e:
+        fail(str(e))
+
+
 @base_app.command("build")
 def base_build(
     size: Annotated[
@@ -254,7 +274,13 @@ def recipe(
 
 @app.command("stage")
 def stage(
-    name: Annotated[str, typer.Argument(help="problems, base, sample, reflect or rearrange.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="problems, base, sample, reflect, rearrange, sft, star, grpo/sft_grpo, "
+            "grpo/rl_only or grpo/star_grpo."
+        ),
+    ],
     run_dir: Annotated[Path, typer.Option(help="An existing run directory (has recipe.yaml).")],
     set_: Annotated[
         list[str], typer.Option("--set", help="Override a key for this stage only (repeatable).")

@@ -91,8 +91,19 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
     lora_config = attach_lora(model, cfg.lora_rank, cfg.lora_scale, 0.0, -1)
     problems = [p for p in read_jsonl(run.problems, Problem) if p.split == "rl"]
     history: list[dict] = []
+    print(
+        f"{stage}: {cfg.steps} steps x {cfg.prompts_per_step} prompts x {cfg.group_size} "
+        f"completions x <= {cfg.max_tokens} tokens, from {start}"
+    )
 
     def on_step(step: int, metrics: dict, batch) -> None:
+        if not history:  # after the first step: what the whole run will cost
+            secs = metrics["grpo/rollout_sec"] + metrics["grpo/update_sec"]
+            print(
+                f"{stage}: first step {secs:.1f} s (rollout {metrics['grpo/rollout_sec']:.1f} s), "
+                f"peak memory {metrics['grpo/peak_memory_gb']:.2f} GB; "
+                f"projected {secs * (cfg.steps - step + 1) / 60:.1f} min for the remaining steps"
+            )
         g = cfg.group_size
         rows = [
             Rollout(
