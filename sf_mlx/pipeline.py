@@ -69,7 +69,19 @@ def _grpo(arm: str) -> StageFn:
     return stage
 
 
-# The paper's order. Later stages (sft, grpo, evaluate, report) are appended as they are built.
+def _evaluate(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
+    from sf_mlx.stages.evaluate import run_evaluate
+
+    return run_evaluate(run, recipe, progress)
+
+
+def _report(run: RunDir, recipe: Recipe, progress: Progress | None) -> dict:
+    from sf_mlx.stages.report import run_report
+
+    return run_report(run, recipe, progress)
+
+
+# The paper's order.
 STAGES: dict[str, StageFn] = {
     "problems": _problems,
     "base": _base,
@@ -81,6 +93,8 @@ STAGES: dict[str, StageFn] = {
     "grpo/sft_grpo": _grpo("sft_grpo"),
     "grpo/rl_only": _grpo("rl_only"),
     "grpo/star_grpo": _grpo("star_grpo"),
+    "evaluate": _evaluate,
+    "report": _report,
 }
 
 

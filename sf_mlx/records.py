@@ -167,8 +167,9 @@ class EvalResult(Record):
     correct: bool
     num_tokens: int
     num_answers: int  # <answer> tags in the response (attempts)
-    num_reflections: int  # <verdict> tags in the response
+    num_reflections: int  # <reflect> blocks in the response
     budget_forced: bool  # the response was extended by budget forcing
+    budget: int = 0  # 0: standard decoding; else the budget-forcing comparison's token budget
 
 
 RECORD_TYPES: dict[str, type[Record]] = {

@@ -1,0 +1,208 @@
+"""The `evaluate` stage (PAPER.md stages 8-9): every arm on every held-out task variant.
+
+Per (arm, task): `samples_per_question` generations per question from the plain question,
+graded on the last `<answer>`; accuracy = mean over all generations, with a 95% bootstrap
+interval over questions; pass@k = share of questions with at least one correct generation;
+skill usage (#answers, #samples, #reflections per response, verdict F1 per class against the
+checker's grade of the sample each reflection follows). Budget forcing on Countdown tasks:
+decode with `budget` tokens; where the model closed `</think>`, cut there, append `<sample>`
+and continue up to twice the budget; its gain is forced minus unforced accuracy at that budget.
+All generations are saved (`eval/<arm>/<task>.jsonl`); `eval/summary.json` is recomputed from
+them, so a report's numbers can always be traced back to text.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from sf_mlx.config import Recipe
+from sf_mlx.records import EvalResult, Problem
+from sf_mlx.rundir import RunDir, read_jsonl, write_json_atomic, write_jsonl_atomic
+from sf_mlx.skills import skill_use, verdict_f1
+from sf_mlx.tasks import get_task, grade
+
+STAGE = "evaluate"
+FORCE_TAG = "</think>"
+
+
+def arm_model(run: RunDir, recipe: Recipe, arm: str) -> tuple[str, str | None]:
+    """(model path or id, adapter folder or None) of an arm."""
+    from sf_mlx.stages.arms import starting_model
+
+    if arm == "base":
+        return recipe.run.model, None
+    if arm == "sft":
+        if recipe.sft.method == "full":
+            return str(run.sft_dir / "model"), None
+        return recipe.run.model, str(run.sft_dir / "adapters")
+    return starting_model(run, recipe, arm), str(run.grpo_dir(arm) / "adapters")
+
+
+def eval_pools(run: RunDir) -> dict[str, list[Problem]]:
+    pools: dict[str, list[Problem]] = defaultdict(list)
+    for p in read_jsonl(run.problems, Problem):
+        if p.split.startswith("eval/"):
+            pools[p.split[len("eval/") :]].append(p)
+    return dict(pools)
+
+
+def bootstrap_ci(per_question: list[float], seed: int, n_boot: int = 1000) -> tuple[float, float]:
+    """95% percentile interval of the mean, resampling questions with replacement."""
+    if not per_question:
+        return 0.0, 0.0
+    rng = random.Random(seed)
+    n = len(per_question)
+    means = sorted(sum(rng.choices(per_question, k=n)) / n for _ in range(n_boot))
+    return means[int(0.025 * n_boot)], means[int(0.975 * n_boot) - 1]
+
+
+def summarize(results: list[EvalResult], problems: dict[str, Problem], seed: int) -> dict:
+    """The numbers of one (arm, task) cell, recomputed from its saved generations."""
+    plain = [r for r in results if r.budget == 0]
+    by_q: dict[str, list[bool]] = defaultdict(list)
+    for r in plain:
+        by_q[r.problem_id].append(r.correct)
+    per_q = [sum(v) / len(v) for v in by_q.values()]
+    lo, hi = bootstrap_ci(per_q, seed)
+    verdicts = []
+    for r in plain:
+        problem = problems[r.problem_id]
+        use = skill_use(r.response, lambda a, p=problem: get_task(p.task).check(p, a))
+        verdicts += use.verdicts
+    n = max(1, len(plain))
+    out = {
+        "n_questions": len(by_q),
+        "n": len(plain),
+        "accuracy": sum(r.correct for r in plain) / n,
+        "ci_low": lo,
+        "ci_high": hi,
+        "pass_at_k": sum(any(v) for v in by_q.values()) / max(1, len(by_q)),
+        "answers_per_response": sum(r.num_answers for r in plain) / n,
+        "reflections_per_response": sum(r.num_reflections for r in plain) / n,
+        "mean_tokens": sum(r.num_tokens for r in plain) / n,
+        "verdicts": len(verdicts),
+        "verdict_f1": verdict_f1(verdicts),
+    }
+    at_budget = [r for r in results if r.budget and not r.budget_forced]
+    forced = [r for r in results if r.budget and r.budget_forced]
+    if forced and at_budget:
+        out["budget"] = forced[0].budget
+        out["budget_accuracy"] = sum(r.correct for r in at_budget) / len(at_budget)
+        out["budget_forced_accuracy"] = sum(r.correct for r in forced) / len(forced)
+        out["budget_gain"] = out["budget_forced_accuracy"] - out["budget_accuracy"]
+    return out
+
+
+def _results(
+    arm: str, task: str, problems: list[Problem], gens, budget: int = 0, forced: bool = False
+) -> list[EvalResult]:
+    k = len(gens) // max(1, len(problems))
+    out = []
+    for i, gen in enumerate(gens):
+        p = problems[i // k]
+        extracted, correct = grade(p, gen.text)
+        use = skill_use(gen.text, lambda a: False)  # counts only; verdicts are graded later
+        out.append(
+            EvalResult(
+                model=arm,
+                task=task,
+                problem_id=p.problem_id,
+                index=i % k,
+                response=gen.text,
+                extracted=extracted,
+                correct=correct,
+                num_tokens=len(gen.tokens),
+                num_answers=use.answers,
+                num_reflections=use.reflections,
+                budget_forced=forced,
+                budget=budget,
+            )
+        )
+    return out
+
+
+def force_budget(model, tok, prompts: list[list[int]], params, budget: int, seed: int):
+    """Budget forcing: decode `budget` tokens; where `</think>` was closed, cut there, append
+    `<sample>` and continue for up to `budget` more tokens. Returns one generation per prompt."""
+    from sf_mlx import model as model_io
+
+    first = model_io.generate(model, tok, prompts, replace(params, max_tokens=budget), seed)
+    todo = [i for i, g in enumerate(first) if FORCE_TAG in g.text]
+    if not todo:
+        return first
+    heads = [first[i].text.split(FORCE_TAG, 1)[0] + "\n<sample>\n" for i in todo]
+    cont_prompts = [
+        prompts[i] + tok.encode(h, add_special_tokens=False)
+        for i, h in zip(todo, heads, strict=True)
+    ]
+    more = model_io.generate(model, tok, cont_prompts, replace(params, max_tokens=budget), seed + 1)
+    out = list(first)
+    for i, head, g in zip(todo, heads, more, strict=True):
+        text = head + g.text
+        out[i] = model_io.Generation(
+            first[i].prompt_tokens,
+            tok.encode(text, add_special_tokens=False),
+            text,
+            [],
+            g.finish_reason,
+        )
+    return out
+
+
+def evaluate_cell(model, tok, arm: str, task: str, qs: list[Problem], cfg, seed: int):
+    """All generations of one (arm, task) cell: standard, and on Countdown the budget pair."""
+    from sf_mlx import model as model_io
+
+    params = model_io.SamplingParams(cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+    prompts = [
+        model_io.chat_prompt(tok, p.question) for p in qs for _ in range(cfg.samples_per_question)
+    ]
+    rows = _results(arm, task, qs, model_io.generate(model, tok, prompts, params, seed))
+    if cfg.budget and task.startswith("countdown"):
+        at_budget = model_io.generate(
+            model, tok, prompts, replace(params, max_tokens=cfg.budget), seed + 7
+        )
+        forced = force_budget(model, tok, prompts, params, cfg.budget, seed + 7)
+        rows += _results(arm, task, qs, at_budget, cfg.budget, False)
+        rows += _results(arm, task, qs, forced, cfg.budget, True)
+    return rows
+
+
+def run_evaluate(run: RunDir, recipe: Recipe, progress=None) -> dict:
+    from sf_mlx import model as model_io
+    from sf_mlx.stages.generation import derive_seed
+
+    cfg, seed = recipe.evaluate, recipe.run.seed
+    pools = eval_pools(run)
+    problems = {p.problem_id: p for ps in pools.values() for p in ps}
+    total, done = len(cfg.arms) * len(pools), 0
+    summary: dict[str, dict] = {}
+    for arm in cfg.arms:
+        missing = [t for t in pools if not (run.eval_dir / arm / f"{t}.jsonl").exists()]
+        if missing:  # a finished cell is never generated again
+            model, tok = model_io.load(*arm_model(run, recipe, arm))
+            for task in missing:
+                rows = evaluate_cell(
+                    model, tok, arm, task, pools[task], cfg, derive_seed(seed, STAGE, arm, task)
+                )
+                write_jsonl_atomic(run.eval_dir / arm / f"{task}.jsonl", rows)
+        for task in pools:
+            results = read_jsonl(run.eval_dir / arm / f"{task}.jsonl", EvalResult)
+            summary.setdefault(arm, {})[task] = summarize(results, problems, seed)
+            done += 1
+            run.log_progress(STAGE, done, total)
+            if progress:
+                progress(done, total, 0.0)
+    write_json_atomic(run.eval_dir / "summary.json", summary)
+    run.mark_done(STAGE, {"cells": total})
+    return {"arms": list(cfg.arms), "tasks": list(pools)}
+
+
+def load_summary(run: RunDir) -> dict:
+    from sf_mlx.rundir import read_json
+
+    path = Path(run.eval_dir) / "summary.json"
+    return read_json(path) if path.exists() else {}
