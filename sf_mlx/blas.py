@@ -5,6 +5,7 @@ Call apply_blas_fix() before mlx.core is first imported; set SF_MLX_BLAS=off (or
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import importlib.machinery
@@ -49,6 +50,7 @@ class BlasStatus:
 _status = BlasStatus(False, "stock", "apply_blas_fix() has not run")
 _attempted = False
 _loaded: list[ctypes.CDLL] = []  # keep the libraries referenced for the life of the process
+_openblas: list[ctypes.CDLL] = []  # numpy's OpenBLAS once bound, for its thread-count calls
 
 
 def blas_status() -> BlasStatus:
@@ -131,6 +133,7 @@ def _try_numpy_openblas() -> tuple[BlasStatus | None, str]:
             continue
         # Promote the already-loaded shim to the global scope, now that it forwards for real.
         _loaded.append(ctypes.CDLL(str(shim), mode=os.RTLD_GLOBAL))
+        _openblas.append(ctypes.CDLL(str(lib), mode=os.RTLD_LOCAL))  # same handle: thread control
         source = f"numpy {lib.name} via sf_mlx._blas_shim"
         return BlasStatus(True, source, "cblas_*gemm bound before mlx.core import"), ""
     return None, "; ".join(errors)
@@ -259,3 +262,36 @@ def matmul_bench(
         np_g = numpy_matmul_gflops(n, reps, budget_s)
         rows.append({"size": n, "mlx_gflops": mlx_g, "numpy_gflops": np_g, "ratio": mlx_g / np_g})
     return rows
+
+
+def _thread_fns() -> tuple[Callable[..., int], Callable[..., None]] | None:
+    if not _openblas:
+        return None
+    lib = _openblas[0]
+    get = getattr(lib, "scipy_openblas_get_num_threads64_", None)
+    put = getattr(lib, "scipy_openblas_set_num_threads64_", None)
+    if get is None or put is None:
+        return None
+    get.restype = ctypes.c_int
+    put.argtypes = [ctypes.c_int]
+    return get, put
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Run a block with `n` OpenBLAS threads (no-op when the fix is not applied).
+
+    Decoding multiplies tiny matrices (a batch of single tokens): one thread is faster there, and
+    on a loaded 2-core machine spinning OpenBLAS threads slow everything down several-fold.
+    """
+    fns = _thread_fns()
+    if fns is None:
+        yield
+        return
+    get, put = fns
+    old = get()
+    put(n)
+    try:
+        yield
+    finally:
+        put(old)

@@ -124,6 +124,13 @@ def generate(
         completion_batch_size=batch_size,
         prefill_batch_size=min(batch_size, 8),
     )
+    with blas.blas_threads(1):
+        return _generate(gen, tokenizer, prompts, params)
+
+
+def _generate(gen, tokenizer, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+    import mlx.core as mx
+
     try:
         uids = gen.insert(prompts, [params.max_tokens] * len(prompts))
         tokens: dict[int, list[int]] = {u: [] for u in uids}
