@@ -42,13 +42,12 @@ repeats the whole earlier attempt after `</think>`).
 
 from __future__ import annotations
 
-import difflib
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sf_mlx.records import Reflection, Sample, Segment, Trace
-from sf_mlx.tasks.base import extract_answer
+from sf_mlx.tasks.base import extract_answer, unknown_name
 
 # --- phrase pools (our own wording; one sentence or clause group per entry) -----------------------
 
@@ -314,9 +313,7 @@ def get_format(name: str) -> Format:
     """The format called `name`; ValueError naming the nearest valid one otherwise."""
     if name in FORMATS:
         return FORMATS[name]
-    near = difflib.get_close_matches(str(name), list(FORMATS), n=1, cutoff=0.0)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    raise ValueError(f"unknown trace format {name!r}{hint} (valid: {', '.join(FORMATS)})")
+    raise unknown_name("trace format", name, FORMATS)
 
 
 # --- assembly and rendering -----------------------------------------------------------------------

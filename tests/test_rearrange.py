@@ -349,8 +349,8 @@ def test_stage_other_format_and_errors(tmp_path):
     assert stats["valid_rows"] == 1 and stats["train_rows"] == 1
     rows = [json.loads(x) for x in (run.sft_dir / "valid.jsonl").read_text().splitlines()]
     assert rows[0]["messages"][1]["content"].endswith("</answer>")
-    with pytest.raises(ValueError, match="unknown trace format"):
-        run_rearrange(run, RearrangeConfig(format="*C_ful"), seed=0)
+    with pytest.raises(ValueError, match=r"rearrange.format='\*C_ful'; expected one of \*C_full"):
+        RearrangeConfig(format="*C_ful")  # the recipe rejects it before the stage runs
     bad = _write_run(tmp_path / "b", n_problems=1)  # the only problem has no correct attempt
     with pytest.raises(ValueError, match="no traces: 4 samples"):
         run_rearrange(bad, RearrangeConfig(), seed=0)

@@ -80,3 +80,39 @@ def run_jobs(
         if progress:
             progress(done, total, tps)
     return len(pending)
+
+
+def run_generation_stage(
+    run: RunDir,
+    stage: str,
+    out_path: Path,
+    id_field: str,
+    jobs: Sequence[Job],
+    model_name: str,
+    cfg: Any,
+    seed: int,
+    make_record: Callable[[Job, Any, int], Record],
+    progress: Progress | None = None,
+) -> int:
+    """Load the model and sample every pending job with a stage config's decoding settings
+    (`max_tokens`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `batch_size`)."""
+    from sf_mlx import model as model_io
+
+    model, tok = model_io.load(model_name)
+    params = model_io.SamplingParams(
+        cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty
+    )
+    return run_jobs(
+        run,
+        stage,
+        out_path,
+        id_field,
+        jobs,
+        model,
+        tok,
+        params,
+        cfg.batch_size,
+        seed,
+        make_record,
+        progress,
+    )

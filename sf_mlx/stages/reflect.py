@@ -12,7 +12,7 @@ from sf_mlx.config import Recipe
 from sf_mlx.prompts import parse_verdict, reflection_prompt
 from sf_mlx.records import Problem, Reflection, Sample
 from sf_mlx.rundir import RunDir, read_jsonl
-from sf_mlx.stages.generation import Job, Progress, run_jobs
+from sf_mlx.stages.generation import Job, Progress, run_generation_stage
 
 STAGE = "reflect"
 
@@ -66,26 +66,18 @@ def reflect_stats(samples: list[Sample], reflections: list[Reflection]) -> dict:
 
 
 def run_reflect(run: RunDir, recipe: Recipe, progress: Progress | None = None) -> dict:
-    from sf_mlx import model as model_io
-
     cfg = recipe.reflect
     problems = {p.problem_id: p for p in read_jsonl(run.problems, Problem)}
     samples = read_jsonl(run.samples, Sample)
     jobs = reflect_jobs(problems, samples, cfg.n_reflections)
-    model, tok = model_io.load(recipe.run.model)
-    params = model_io.SamplingParams(
-        cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty
-    )
-    run_jobs(
+    run_generation_stage(
         run,
         STAGE,
         run.reflections,
         "reflection_id",
         jobs,
-        model,
-        tok,
-        params,
-        cfg.batch_size,
+        recipe.run.model,
+        cfg,
         recipe.run.seed,
         _record,
         progress,

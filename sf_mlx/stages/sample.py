@@ -13,7 +13,7 @@ from sf_mlx.config import Recipe
 from sf_mlx.prompts import variant_prompt
 from sf_mlx.records import Problem, Sample
 from sf_mlx.rundir import RunDir, read_jsonl
-from sf_mlx.stages.generation import Job, Progress, run_jobs
+from sf_mlx.stages.generation import Job, Progress, run_generation_stage
 from sf_mlx.tasks import grade
 
 STAGE = "sample"
@@ -65,25 +65,17 @@ def sample_stats(samples: list[Sample]) -> dict:
 
 
 def run_sample(run: RunDir, recipe: Recipe, progress: Progress | None = None) -> dict:
-    from sf_mlx import model as model_io
-
     cfg = recipe.sample
     problems = [p for p in read_jsonl(run.problems, Problem) if p.split == "sft"]
     jobs = sample_jobs(problems, cfg.variants, cfg.n_samples)
-    model, tok = model_io.load(recipe.run.model)
-    params = model_io.SamplingParams(
-        cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.repetition_penalty
-    )
-    run_jobs(
+    run_generation_stage(
         run,
         STAGE,
         run.samples,
         "sample_id",
         jobs,
-        model,
-        tok,
-        params,
-        cfg.batch_size,
+        recipe.run.model,
+        cfg,
         recipe.run.seed,
         _record,
         progress,

@@ -5,12 +5,11 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 
 from sf_mlx.records import Problem
 from sf_mlx.tasks import acronym, countdown, hub, multiplication
-from sf_mlx.tasks.base import ANSWER_RE, TaskSpec, count_answers, extract_answer
+from sf_mlx.tasks.base import ANSWER_RE, TaskSpec, count_answers, extract_answer, unknown_name
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -28,9 +27,7 @@ def get_task(name: str) -> TaskSpec:
     """The task called `name`; ValueError naming the nearest valid name otherwise."""
     if name in TASKS:
         return TASKS[name]
-    near = difflib.get_close_matches(str(name), list(TASKS), n=1, cutoff=0.0)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    raise ValueError(f"unknown task {name!r}{hint} (valid: {', '.join(sorted(TASKS))})")
+    raise unknown_name("task", name, sorted(TASKS))
 
 
 def grade(problem: Problem, response: str) -> tuple[str | None, bool]:

@@ -5,9 +5,10 @@ Kept apart from `__init__` so task modules can import it without a circular impo
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sf_mlx.records import Problem
@@ -65,3 +66,11 @@ class TaskSpec:
     make_problems: Callable[..., list[Problem]]  # make_problems(n, seed, **params)
     check: Callable[[Problem, str | None], bool]  # total: never raises
     describe_params: dict[str, str] = field(default_factory=dict)
+
+
+def unknown_name(kind: str, name: str, options: Iterable[str]) -> ValueError:
+    """The one-line error for a name not in `options`, suggesting the nearest valid one."""
+    options = list(options)
+    near = difflib.get_close_matches(str(name), options, n=1, cutoff=0.0)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return ValueError(f"unknown {kind} {name!r}{hint} (valid: {', '.join(options)})")

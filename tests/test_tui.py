@@ -1,0 +1,436 @@
+"""TUI: Pilot tests and snapshots over the fixture runs (tests/make_fixture_runs.py), a live
+append test on a copy of mid-grpo, pure helper tests, and the check that MLX is never imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Input, OptionList, RichLog, Select, Static, TabbedContent
+
+from sf_mlx.metrics import METRICS
+from sf_mlx.rundir import RunDir, append_jsonl
+from tui import watch
+from tui.app import SfMlxApp
+from tui.browser import BrowserScreen
+from tui.compare import CompareScreen
+from tui.groups import GroupScreen
+from tui.help import HelpScreen
+from tui.live import LiveScreen
+from tui.load import Group, filter_items, load_items, next_zero_std, worst_group
+from tui.runs import RunsScreen
+
+RUNS = Path(__file__).parent / "fixtures" / "runs"
+NOW = 1_735_689_600.0 + 3000  # fixture times are 2025-01-01 00:00 UTC + offsets
+SIZE = (110, 32)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def utc_log(monkeypatch):
+    monkeypatch.setattr(watch, "_localtime", time.gmtime)
+
+
+def make_app(path: Path | str, poll_scale: float = 1.0) -> SfMlxApp:
+    return SfMlxApp(path, clock=lambda: NOW, poll_scale=poll_scale)
+
+
+async def settle(pilot) -> None:
+    """Wait until no worker runs and no screen waits on a read (loads chain: files, then rows)."""
+    app = pilot.app
+    for _ in range(50):
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        if not any(getattr(s, "busy", False) for s in app.screen_stack):
+            await pilot.pause()
+            return
+    raise AssertionError("workers did not settle")
+
+
+def rows(table: DataTable) -> list[list[str]]:
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def plain(widget: Static) -> str:
+    content = widget.content
+    return content.plain if hasattr(content, "plain") else str(content)
+
+
+# --- screens -------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_runs_screen_lists_every_run():
+    app = make_app(RUNS)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen)
+        table = app.screen.query_one("#runs", DataTable)
+        by_name = {r[0]: r for r in rows(table)}
+        assert set(by_name) == {"finished", "mid-grpo"}
+        run, recipe, stage, state, step, elapsed, numbers = by_name["finished"]
+        assert (recipe, stage, state) == ("countdown-tiny", "report", "done")
+        assert "reward" in numbers and "accuracy" in numbers
+        # mid-grpo's status says running, but its pid does not exist: shown as stopped
+        assert by_name["mid-grpo"][2:5] == ["grpo/rl_only", "stopped", "2"]
+        await pilot.press("down", "enter")
+        await settle(pilot)
+        assert isinstance(app.screen, LiveScreen) and app.screen.run.name == "mid-grpo"
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+
+
+@pytest.mark.anyio
+async def test_live_screen_shows_stages_plots_log_and_hints():
+    app = make_app(RUNS / "mid-grpo")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, LiveScreen)
+        stages = {r[0]: r for r in rows(screen.query_one("#stages", DataTable))}
+        assert stages["sft"][1] == "done" and stages["sft"][2].endswith("40/40")
+        assert stages["grpo/rl_only"][1] == "stopped" and stages["grpo/rl_only"][2].endswith("2/6")
+        assert stages["evaluate"][1] == "pending"
+        assert "grpo/star_grpo" not in stages  # the recipe's arms skip it
+        tabs = screen.query_one("#plots", TabbedContent)
+        assert [p.id for p in tabs.query("TabPane")] == [
+            "plots-sft",
+            "plots-grpo-sft_grpo",
+            "plots-grpo-rl_only",
+        ]
+        panel = screen._panels["grpo/rl_only"]
+        titles = [plain(label) for label in panel.query(".metric-title")]
+        assert titles[0].startswith("reward") and "step 2" in titles[0]
+        assert any(t.startswith("reflections/resp") for t in titles)
+        hints = plain(screen.query_one("#hints", Static))
+        assert "grpo/rl_only: 50% of groups had zero reward std: no learning signal" in hints
+        assert "is gone" in hints
+        log = "\n".join(line.text for line in screen.query_one("#log", RichLog).lines)
+        assert "00:07:12 end grpo/sft_grpo after 4m02s" in log
+        assert tabs.active == "plots-grpo-rl_only"  # follows the stage in status.json
+        await pilot.press("right_square_bracket")
+        assert tabs.active == "plots-sft"
+
+
+@pytest.mark.anyio
+async def test_live_screen_follows_appended_rows(tmp_path):
+    run = RunDir(shutil.copytree(RUNS / "mid-grpo", tmp_path / "mid-grpo"))
+    status = json.loads(run.status.read_text())
+    run.status.write_text(json.dumps({**status, "pid": os.getpid()}))  # a live process
+    app = make_app(run.path, poll_scale=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        stages = {r[0]: r for r in rows(screen.query_one("#stages", DataTable))}
+        assert stages["grpo/rl_only"][1] == "running"
+        metric = {"grpo/reward": 0.9, "grpo/frac_reward_zero_std": 0.1}
+        append_jsonl(
+            run.events,
+            [
+                {"time": NOW - 60, "kind": "metric", "stage": "grpo/rl_only", "step": 3, **metric},
+                {
+                    "time": NOW - 60,
+                    "kind": "progress",
+                    "stage": "grpo/rl_only",
+                    "done": 3,
+                    "total": 6,
+                },
+            ],
+        )
+        with run.events.open("a") as f:  # a line still being written is not read
+            f.write('{"time": 1, "kind": "mess')
+        for _ in range(40):
+            await pilot.pause(0.05)
+            await settle(pilot)
+            stages = {r[0]: r for r in rows(screen.query_one("#stages", DataTable))}
+            if stages["grpo/rl_only"][2].endswith("3/6"):
+                break
+        assert stages["grpo/rl_only"][2].endswith("3/6")
+        assert stages["grpo/rl_only"][4] != ""  # an ETA from the progress rate
+        title = plain(screen._panels["grpo/rl_only"].query(".metric-title").first())
+        assert "0.9000" in title and "step 3" in title
+        assert "zero reward std" not in plain(screen.query_one("#hints", Static))
+        assert not app._notifications  # the partial line raised no error
+
+
+@pytest.mark.anyio
+async def test_bad_files_are_reported_not_fatal(tmp_path):
+    run = RunDir(shutil.copytree(RUNS / "mid-grpo", tmp_path / "mid-grpo"))
+    with run.events.open("a") as f:
+        f.write("not json\n")
+    (run.grpo_dir("rl_only") / "rollouts" / "step_2.jsonl").write_text('{"step": 2}\n')
+    app = make_app(tmp_path / "nothing-here")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert "no runs in" in plain(app.screen.query_one("#runs-where", Static))
+    app = make_app(run.path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("g")
+        await settle(pilot)
+        messages = [n.message for n in app._notifications]
+        assert any("invalid JSON line" in m for m in messages)
+        assert any("step_2.jsonl" in m and "not a Rollout" in m for m in messages)
+        assert (app.screen.arm, app.screen.step) == ("rl_only", 2)  # the arm training now
+
+
+@pytest.mark.anyio
+async def test_browser_filters_search_and_segment_sources():
+    app = make_app(RUNS / "finished")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("t")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, BrowserScreen)
+        table = screen.query_one("#items", DataTable)
+        assert table.row_count == 16
+        await pilot.press("f", "f")  # all -> correct -> wrong
+        await settle(pilot)
+        wrong = rows(table)
+        assert 0 < len(wrong) < 16 and all(r[0] == "no" for r in wrong)
+        screen.query_one("#facet-0", Select).value = "original"
+        await settle(pilot)
+        assert 0 < table.row_count < len(wrong)
+        assert all(r[1] == "original" for r in rows(table))
+        await pilot.press("f")  # back to all
+        screen.query_one("#facet-0", Select).clear()
+        await pilot.press("slash")
+        await pilot.press(*"00002/plan")
+        await settle(pilot)
+        assert [r[-1] for r in rows(table)] == [
+            "countdown-3/s0/00002/plan_and_execute/0",
+            "countdown-3/s0/00002/plan_and_execute/1",
+        ]
+        assert "00002/plan" in screen.query_one("#search", Input).value
+        await pilot.press("escape")  # leaves the search box, stays on the screen
+        assert app.screen is screen and table.has_focus
+        screen.query_one("#search", Input).value = ""
+        await pilot.press("3")
+        await settle(pilot)
+        assert screen.query_one("#count", Static).content.startswith("12 of 12 traces")
+        segments = screen.query_one("#segments", OptionList)
+        trace = screen.shown[0].record
+        assert segments.option_count == len(trace.segments)
+        assert "*C_full" in plain(screen.query_one("#detail-head", Static))
+        reflect = next(i for i, s in enumerate(trace.segments) if s.kind == "reflect")
+        segments.highlighted = reflect
+        await pilot.pause()
+        source = plain(screen.query_one("#detail-text", Static))
+        assert f"comes from {trace.segments[reflect].source_id}" in source
+        assert "verdict correct" in source
+
+
+@pytest.mark.anyio
+async def test_browser_rollout_opens_its_group():
+    app = make_app(RUNS / "finished")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("t", "4")
+        await settle(pilot)
+        screen = app.screen
+        screen.query_one("#facet-0", Select).value = "rl_only"
+        screen.query_one("#facet-1", Select).value = "2"
+        await settle(pilot)
+        table = screen.query_one("#items", DataTable)
+        assert table.row_count == 16 and {(r[0], r[1]) for r in rows(table)} == {("rl_only", "2")}
+        table.move_cursor(row=9)  # group 2, completion 1
+        await pilot.press("o")
+        await settle(pilot)
+        groups = app.screen
+        assert isinstance(groups, GroupScreen)
+        assert (groups.arm, groups.step) == ("rl_only", 2)
+        assert groups.query_one("#groups", DataTable).cursor_row == 2
+
+
+@pytest.mark.anyio
+async def test_group_inspector_jumps_to_zero_std_and_worst_groups():
+    app = make_app(RUNS / "finished")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("g")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, GroupScreen)
+        table = screen.query_one("#groups", DataTable)
+        assert (screen.arm, screen.step, table.row_count) == ("sft_grpo", 3, 4)
+        await pilot.press("z")
+        group = screen.groups[table.cursor_row]
+        assert group.zero_std
+        assert f"group {group.group}" in str(screen.query_one("#completions").border_title)
+        await pilot.press("z")
+        assert screen.groups[table.cursor_row].zero_std and screen.groups[table.cursor_row] != group
+        await pilot.press("w")
+        worst = min(g.mean_reward for g in screen.groups)
+        assert screen.groups[table.cursor_row].mean_reward == worst
+        await pilot.press("left_square_bracket")
+        await settle(pilot)
+        assert screen.step == 2
+        await pilot.press("a")
+        await settle(pilot)
+        assert (screen.arm, screen.step) == ("rl_only", 2)
+        assert "arm rl_only  step 2 (1..3)" in plain(screen.query_one("#groups-bar", Static))
+
+
+@pytest.mark.anyio
+async def test_compare_screen_table_and_no_evaluation_yet():
+    app = make_app(RUNS)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.open_run(RunDir(RUNS / "finished"), "compare")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        table = screen.query_one("#compare", DataTable)
+        got = rows(table)
+        assert [r[0] for r in got] == ["base", "sft", "sft_grpo", "rl_only"]
+        assert [str(c.label) for c in table.columns.values()][1] == "countdown-3 (n=200)"
+        assert got[1][2].startswith("0.180 [0.140, 0.220]")
+        await pilot.press("p")
+        assert rows(table)[1][2].startswith("0.324") and "[" not in rows(table)[1][2]
+        app.open_run(RunDir(RUNS / "mid-grpo"), "compare")
+        await settle(pilot)
+        empty = app.screen
+        assert "no evaluation yet" in plain(empty.query_one("#compare-note", Static))
+        assert not empty.query_one("#compare", DataTable).display
+
+
+@pytest.mark.anyio
+async def test_help_lists_keys_and_every_metric_meaning():
+    app = make_app(RUNS / "finished")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        metrics = app.screen.query_one("#help-metrics", Static).content
+        cells = [list(col.cells) for col in metrics.columns]
+        assert cells[0] == [m.name for m in METRICS]
+        assert cells[2] == [m.meaning for m in METRICS]
+        keys = app.screen.query_one("#help-keys", Static).content
+        assert {"z", "w", "/", "p"} <= set(keys.columns[1].cells)
+        await pilot.press("escape")
+        assert isinstance(app.screen, LiveScreen)
+
+
+# --- pure helpers --------------------------------------------------------------------------------
+
+
+def test_health_hints_name_the_problem():
+    series = {"grpo/rl_only": {"grpo/frac_reward_zero_std": ((1, 0.6),)}}
+    series["grpo/rl_only"]["grpo/truncation_rate"] = ((1, 0.4),)
+    hints = watch.health_hints(series, {"state": "done"}, alive=False, now=0.0)
+    assert hints == [
+        "grpo/rl_only: 60% of groups had zero reward std: no learning signal",
+        "grpo/rl_only: 40% of responses truncated: raise grpo.max_tokens",
+    ]
+    assert watch.health_hints({}, {"state": "running", "pid": 7}, alive=False, now=0.0) == [
+        "status says running but process 7 is gone: run stopped"
+    ]
+
+
+def test_filters_narrow_items_and_groups_are_ranked():
+    loaded = load_items(RunDir(RUNS / "finished"), "rollouts")
+    assert len(loaded.items) == 2 * 3 * 16 and not loaded.errors
+    rl = filter_items(loaded.items, facets={"arm": "rl_only", "step": "1"})
+    assert len(rl) == 16
+    right = filter_items(rl, grade="correct")
+    assert right and all(it.record.reward > 0 for it in right)
+    assert filter_items(loaded.items, query="NO SUCH TEXT") == []
+    groups = [
+        Group(g, "p", tuple(it.record for it in rl if it.record.group == g)) for g in range(4)
+    ]
+    zero = next_zero_std(groups)
+    assert zero is not None and groups[zero].zero_std
+    assert next_zero_std(groups, zero) != zero
+    assert groups[worst_group(groups)].mean_reward == min(g.mean_reward for g in groups)
+
+
+def test_fmt_seconds():
+    assert [watch.fmt_seconds(s) for s in (None, 5, 65, 3725)] == ["-", "5s", "1m05s", "1h02m"]
+
+
+def test_tui_never_imports_mlx():
+    code = f"""
+import asyncio, sys
+from tui.app import SfMlxApp
+
+async def main():
+    app = SfMlxApp({str(RUNS)!r})
+    async with app.run_test(size=(100, 30)) as pilot:
+        for key in ("enter", "t", "3", "4", "g", "c", "question_mark", "escape"):
+            await pilot.press(key)
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+
+asyncio.run(main())
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mlx", "mlx_lm", "transformers"))
+stages = sorted(m for m in sys.modules if m.startswith(("sf_mlx.stages", "sf_mlx.model")))
+assert not heavy and not stages, (heavy, stages)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+# --- snapshots (regenerate: pytest tests/test_tui.py --snapshot-update) ---------------------------
+
+
+@pytest.fixture
+def in_fixtures(monkeypatch):
+    """Run from the fixtures folder so screens show the relative path `runs`."""
+    monkeypatch.chdir(RUNS.parent)
+
+
+def test_snapshot_runs(snap_compare, in_fixtures):
+    assert snap_compare(make_app("runs"), terminal_size=SIZE, run_before=settle)
+
+
+def test_snapshot_live(snap_compare, in_fixtures):
+    assert snap_compare(make_app("runs/mid-grpo"), terminal_size=SIZE, run_before=settle)
+
+
+def test_snapshot_traces(snap_compare, in_fixtures):
+    async def before(pilot):
+        await settle(pilot)
+        await pilot.press("t", "3")
+        await settle(pilot)
+
+    assert snap_compare(make_app("runs/finished"), terminal_size=SIZE, run_before=before)
+
+
+def test_snapshot_groups(snap_compare, in_fixtures):
+    async def before(pilot):
+        await settle(pilot)
+        await pilot.press("g")
+        await settle(pilot)
+        await pilot.press("z")
+
+    assert snap_compare(make_app("runs/finished"), terminal_size=SIZE, run_before=before)
+
+
+def test_snapshot_compare(snap_compare, in_fixtures):
+    async def before(pilot):
+        await settle(pilot)
+        await pilot.press("c")
+        await settle(pilot)
+
+    assert snap_compare(make_app("runs/finished"), terminal_size=SIZE, run_before=before)
+
+
+def test_snapshot_help(snap_compare, in_fixtures):
+    async def before(pilot):
+        await settle(pilot)
+        await pilot.press("question_mark")
+
+    assert snap_compare(make_app("runs/finished"), terminal_size=SIZE, run_before=before)
