@@ -181,6 +181,9 @@ def base_build(
         float | None, typer.Option(help="Train for about this long (sets the step count).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Train this many steps.")] = None,
+    stop_at: Annotated[
+        int | None, typer.Option(help="Stop after this step, keeping the schedule of --steps.")
+    ] = None,
 ) -> None:
     """Generate the corpus, train, measure and write a base model folder (resumable)."""
     from sf_mlx.base.build import SIZES, build
@@ -189,7 +192,14 @@ def base_build(
         fail(f"--size {size!r}: expected one of {', '.join(SIZES)}")
     command = "sf-mlx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sf-mlx") else ""
     path = build(
-        size, out=out, work=work_dir, seed=seed, minutes=minutes, steps=steps, command=command
+        size,
+        out=out,
+        work=work_dir,
+        seed=seed,
+        minutes=minutes,
+        steps=steps,
+        stop_at=stop_at,
+        command=command,
     )
     typer.echo(f"model folder: {path}  (load with mlx_lm.load({str(path)!r}))")
 
@@ -257,10 +267,17 @@ def recipe(
         list[str], typer.Option("--set", help="Override a key: section.key=value (repeatable).")
     ] = [],  # noqa: B006 - typer reads list defaults
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/NAME).")] = None,
+    tui: Annotated[
+        bool, typer.Option("--tui", help="Run in the background and watch it in the TUI.")
+    ] = False,
 ) -> None:
     """Run a recipe's stages in order, skipping those already done (a killed recipe resumes)."""
     from sf_mlx.model import ModelLoadError
     from sf_mlx.pipeline import run_recipe
+
+    if tui:
+        _recipe_in_background(name, set_, run_dir)
+        return
 
     try:
         with _Bars() as bars:
@@ -270,6 +287,42 @@ def recipe(
     except (ValueError, ModelLoadError) as e:
         fail(str(e).splitlines()[0])
     typer.echo(f"run directory: {run.path}")
+
+
+def _recipe_in_background(name: str, overrides: list[str], run_dir: Path | None) -> None:
+    """Start the recipe as its own process (it outlives the TUI), then open the TUI on its run."""
+    import subprocess
+
+    from sf_mlx.config import load_recipe
+
+    try:
+        resolved = load_recipe(name, overrides)
+    except ValueError as e:
+        fail(str(e).splitlines()[0])
+    path = Path(run_dir) if run_dir else Path("runs") / (resolved.run.name or Path(name).stem)
+    path.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "sf_mlx.cli", "recipe", name, "--run-dir", str(path)]
+    cmd += [a for o in overrides for a in ("--set", o)]
+    with open(path / "recipe.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    from tui.app import run as run_tui
+
+    run_tui(path)
+    typer.echo(f"recipe still running (pid {proc.pid}); log: {path / 'recipe.log'}")
+
+
+@app.command("tui")
+def tui_cmd(
+    path: Annotated[Path, typer.Argument(help="A run directory or a folder of runs.")] = Path(
+        "runs"
+    ),
+) -> None:
+    """Watch runs in the terminal UI: live training, traces, GRPO groups, arm comparison."""
+    if not path.exists():
+        fail(f"{path} does not exist; start a run with `sf-mlx recipe NAME` first")
+    from tui.app import run as run_tui
+
+    run_tui(path)
 
 
 @app.command("stage")

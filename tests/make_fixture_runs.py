@@ -1,8 +1,6 @@
-"""Write the TUI's fixture run directories: SYNTHETIC UI FIXTURES, NOT RESULTS.
-
-`python tests/make_fixture_runs.py` rewrites tests/fixtures/runs/{finished,mid-grpo}: a few records
-of every kind, built with sf_mlx's records and run-directory writers; numbers are made up.
-"""
+"""Write the TUI's fixture run directories: SYNTHETIC UI FIXTURES, NOT RESULTS (made-up numbers).
+`python tests/make_fixture_runs.py` rewrites tests/fixtures/runs/{finished,mid-grpo} (deterministic)
+with a few records of every kind, built with sf_mlx's records and run-directory writers."""
 
 from __future__ import annotations
 
@@ -211,36 +209,55 @@ def write_run(name: str, grpo_steps: dict[str, int], finished: bool) -> RunDir:
 
 
 def write_eval(run: RunDir) -> None:
+    """summary.json in the evaluate stage's shape, and a few generations per arm."""
     summary = {}
     for a, arm in enumerate(("base", "sft", *ARMS)):
         summary[arm] = {}
         for t, task in enumerate(("countdown-3", "countdown-4", "multiplication")):
             acc = round(0.12 + 0.11 * a - 0.05 * t, 3)
-            summary[arm][task] = {
+            cell = {
+                "n_questions": 50,
+                "n": 200,
                 "accuracy": acc,
                 "ci_low": round(max(0.0, acc - 0.04), 3),
                 "ci_high": round(acc + 0.04, 3),
                 "pass_at_k": round(min(1.0, acc * 1.8), 3),
-                "n": 200,
+                "answers_per_response": round(1.0 + 0.4 * a, 2),
+                "reflections_per_response": round(0.3 * a, 2),
+                "mean_tokens": 80.0 + 25 * a,
+                "verdicts": 40 * a,
+                "verdict_f1": {
+                    "correct": None if a == 0 else round(0.5 + 0.1 * a, 2),
+                    "incorrect": None if a == 0 else round(0.4 + 0.1 * a, 2),
+                },
             }
+            if task.startswith("countdown"):
+                cell |= {
+                    "budget": 256,
+                    "budget_accuracy": acc,
+                    "budget_forced_accuracy": acc + 0.02 * a,
+                }
+                cell["budget_gain"] = round(0.02 * a, 3)
+            summary[arm][task] = cell
     write_json_atomic(run.eval_dir / "summary.json", summary)
     for arm in ARMS:
-        rows = [
-            EvalResult(
-                arm,
-                "countdown-4",
-                f"countdown-4/s1/{i:05d}",
-                0,
-                f"<answer>{i} + 4</answer>",
-                f"{i} + 4",
-                i % 2 == 0,
-                12,
-                1,
-                i % 2,
-                False,
+        rows = []
+        for i in range(3):
+            expr = f"{10 + i} + 4 * {i}"
+            check = "<reflect>\n<verdict>Correct</verdict>\n</reflect>"
+            text = f"<sample>\n<answer>{expr}</answer>\n</sample>\n{check}"
+            common = dict(
+                model=arm,
+                task="countdown-4",
+                problem_id=f"countdown-4/s1/{i:05d}",
+                response=text,
+                extracted=expr,
+                num_tokens=30 + i,
+                num_answers=1,
+                num_reflections=1,
             )
-            for i in range(3)
-        ]
+            rows.append(EvalResult(index=0, correct=i % 2 == 0, budget_forced=False, **common))
+            rows.append(EvalResult(index=0, correct=True, budget_forced=True, budget=256, **common))
         write_jsonl_atomic(run.eval_dir / arm / "countdown-4.jsonl", rows)
 
 

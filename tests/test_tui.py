@@ -23,7 +23,6 @@ from tui.compare import CompareScreen
 from tui.groups import GroupScreen
 from tui.help import HelpScreen
 from tui.live import LiveScreen
-from tui.load import Group, filter_items, load_items, next_zero_std, worst_group
 from tui.runs import RunsScreen
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
@@ -107,7 +106,10 @@ async def test_live_screen_shows_stages_plots_log_and_hints():
             "plots-sft",
             "plots-grpo-sft_grpo",
             "plots-grpo-rl_only",
+            "plots-arms",
         ]
+        arms = [plain(label) for label in screen._panels["arms"].query(".metric-title")]
+        assert arms[0].startswith("reward rl_only") and arms[1].startswith("reward sft_grpo")
         panel = screen._panels["grpo/rl_only"]
         titles = [plain(label) for label in panel.query(".metric-title")]
         assert titles[0].startswith("reward") and "step 2" in titles[0]
@@ -118,6 +120,8 @@ async def test_live_screen_shows_stages_plots_log_and_hints():
         log = "\n".join(line.text for line in screen.query_one("#log", RichLog).lines)
         assert "00:07:12 end grpo/sft_grpo after 4m02s" in log
         assert tabs.active == "plots-grpo-rl_only"  # follows the stage in status.json
+        await pilot.press("right_square_bracket")
+        assert tabs.active == "plots-arms"
         await pilot.press("right_square_bracket")
         assert tabs.active == "plots-sft"
 
@@ -298,6 +302,10 @@ async def test_compare_screen_table_and_no_evaluation_yet():
         assert got[1][2].startswith("0.180 [0.140, 0.220]")
         await pilot.press("p")
         assert rows(table)[1][2].startswith("0.324") and "[" not in rows(table)[1][2]
+        await pilot.press("p", "p", "p")  # answers, reflections per response, verdict F1
+        assert rows(table)[1][1] == "C 0.60 / I 0.50" and rows(table)[0][1] == "C - / I -"
+        await pilot.press("p")  # budget forcing: only the countdown tasks have it
+        assert rows(table)[3][1:] == ["0.060", "0.060", "-"]
         app.open_run(RunDir(RUNS / "mid-grpo"), "compare")
         await settle(pilot)
         empty = app.screen
@@ -322,41 +330,7 @@ async def test_help_lists_keys_and_every_metric_meaning():
         assert isinstance(app.screen, LiveScreen)
 
 
-# --- pure helpers --------------------------------------------------------------------------------
-
-
-def test_health_hints_name_the_problem():
-    series = {"grpo/rl_only": {"grpo/frac_reward_zero_std": ((1, 0.6),)}}
-    series["grpo/rl_only"]["grpo/truncation_rate"] = ((1, 0.4),)
-    hints = watch.health_hints(series, {"state": "done"}, alive=False, now=0.0)
-    assert hints == [
-        "grpo/rl_only: 60% of groups had zero reward std: no learning signal",
-        "grpo/rl_only: 40% of responses truncated: raise grpo.max_tokens",
-    ]
-    assert watch.health_hints({}, {"state": "running", "pid": 7}, alive=False, now=0.0) == [
-        "status says running but process 7 is gone: run stopped"
-    ]
-
-
-def test_filters_narrow_items_and_groups_are_ranked():
-    loaded = load_items(RunDir(RUNS / "finished"), "rollouts")
-    assert len(loaded.items) == 2 * 3 * 16 and not loaded.errors
-    rl = filter_items(loaded.items, facets={"arm": "rl_only", "step": "1"})
-    assert len(rl) == 16
-    right = filter_items(rl, grade="correct")
-    assert right and all(it.record.reward > 0 for it in right)
-    assert filter_items(loaded.items, query="NO SUCH TEXT") == []
-    groups = [
-        Group(g, "p", tuple(it.record for it in rl if it.record.group == g)) for g in range(4)
-    ]
-    zero = next_zero_std(groups)
-    assert zero is not None and groups[zero].zero_std
-    assert next_zero_std(groups, zero) != zero
-    assert groups[worst_group(groups)].mean_reward == min(g.mean_reward for g in groups)
-
-
-def test_fmt_seconds():
-    assert [watch.fmt_seconds(s) for s in (None, 5, 65, 3725)] == ["-", "5s", "1m05s", "1h02m"]
+# --- import hygiene ------------------------------------------------------------------------------
 
 
 def test_tui_never_imports_mlx():
@@ -392,45 +366,24 @@ def in_fixtures(monkeypatch):
     monkeypatch.chdir(RUNS.parent)
 
 
-def test_snapshot_runs(snap_compare, in_fixtures):
-    assert snap_compare(make_app("runs"), terminal_size=SIZE, run_before=settle)
+SNAPSHOTS = {  # screen: (path, keys pressed after the first load)
+    "runs": ("runs", ()),
+    "live": ("runs/mid-grpo", ()),
+    "traces": ("runs/finished", ("t", "3")),
+    "groups": ("runs/finished", ("g", "z")),
+    "compare": ("runs/finished", ("c",)),
+    "help": ("runs/finished", ("question_mark",)),
+}
 
 
-def test_snapshot_live(snap_compare, in_fixtures):
-    assert snap_compare(make_app("runs/mid-grpo"), terminal_size=SIZE, run_before=settle)
+@pytest.mark.parametrize("screen", list(SNAPSHOTS))
+def test_snapshot(snap_compare, in_fixtures, screen):
+    path, keys = SNAPSHOTS[screen]
 
-
-def test_snapshot_traces(snap_compare, in_fixtures):
     async def before(pilot):
         await settle(pilot)
-        await pilot.press("t", "3")
-        await settle(pilot)
+        for key in keys:
+            await pilot.press(key)
+            await settle(pilot)
 
-    assert snap_compare(make_app("runs/finished"), terminal_size=SIZE, run_before=before)
-
-
-def test_snapshot_groups(snap_compare, in_fixtures):
-    async def before(pilot):
-        await settle(pilot)
-        await pilot.press("g")
-        await settle(pilot)
-        await pilot.press("z")
-
-    assert snap_compare(make_app("runs/finished"), terminal_size=SIZE, run_before=before)
-
-
-def test_snapshot_compare(snap_compare, in_fixtures):
-    async def before(pilot):
-        await settle(pilot)
-        await pilot.press("c")
-        await settle(pilot)
-
-    assert snap_compare(make_app("runs/finished"), terminal_size=SIZE, run_before=before)
-
-
-def test_snapshot_help(snap_compare, in_fixtures):
-    async def before(pilot):
-        await settle(pilot)
-        await pilot.press("question_mark")
-
-    assert snap_compare(make_app("runs/finished"), terminal_size=SIZE, run_before=before)
+    assert snap_compare(make_app(path), terminal_size=SIZE, run_before=before)

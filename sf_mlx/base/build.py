@@ -79,6 +79,7 @@ def build(
     seed: int = 0,
     minutes: float | None = None,
     steps: int | None = None,
+    stop_at: int | None = None,
     command: str = "",
     log=print,
     measure_behaviour: bool = True,
@@ -158,9 +159,14 @@ def build(
         if step % 10 == 0 or step == train_cfg.steps:
             log(f"step {step}/{train_cfg.steps} loss {loss:.4f} {tps:.0f} tok/s")
 
-    pretrain.train(model, tokens, mask, train_cfg, ckpt_dir=work / "ckpt", on_step=on_step)
-    history = [h for h in history if h["step"] <= train_cfg.steps]
-    train_secs = time.perf_counter() - t0
+    last_step = train_cfg.steps if stop_at is None else min(stop_at, train_cfg.steps)
+    pretrain.train(
+        model, tokens, mask, train_cfg, ckpt_dir=work / "ckpt", on_step=on_step, stop_at=stop_at
+    )
+    history = [h for h in history if h["step"] <= last_step]
+    # time spent in optimizer steps, summed over every (resumed) process of this build
+    step_tokens = train_cfg.batch_size * train_cfg.seq_len
+    train_secs = sum(step_tokens / h["tokens_per_sec"] for h in history)
 
     staging = out.with_name(out.name + ".partial")
     if staging.exists():
@@ -198,6 +204,7 @@ def build(
         "params": int(n_params),
         "shape": asdict(preset.shape),
         "train": asdict(train_cfg),
+        "stopped_at": last_step,
         "corpus": stats,
         "corpus_config": asdict(CorpusConfig()),
         "train_seconds": round(train_secs, 1),

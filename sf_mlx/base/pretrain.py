@@ -169,11 +169,13 @@ def train(
     ckpt_dir: Path | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    stop_at: int | None = None,
 ) -> list[float]:
     """Train in place; returns the loss of every step run in this call.
 
     `on_step(step, loss, tokens_per_sec)` is called after each step (1-based step count).
-    Resumes from `ckpt_dir/last` when it exists.
+    Resumes from `ckpt_dir/last` when it exists. `stop_at` ends the run after that step (saving a
+    checkpoint) while keeping the learning-rate schedule of `cfg.steps`.
     """
     mx.random.seed(cfg.seed)
     opt = make_optimizer(cfg)
@@ -196,7 +198,8 @@ def train(
     compiled = mx.compile(step_fn, inputs=state, outputs=state)
     losses: list[float] = []
     tic = time.perf_counter()
-    for step in range(start, cfg.steps):
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    for step in range(start, end):
         idx = batch_indices(len(tokens), cfg.batch_size, step, cfg.seed)
         loss, n = compiled(mx.array(tokens[idx]), mx.array(mask[idx]))
         mx.eval(state, loss, n)
@@ -211,7 +214,7 @@ def train(
             on_step(step + 1, loss_f, tps)
         done = step + 1
         stop = should_stop() if should_stop else False
-        if last is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stop):
+        if last is not None and (done % cfg.checkpoint_every == 0 or done == end or stop):
             save_checkpoint(last, model, opt, done)
         if stop:
             break

@@ -1,0 +1,72 @@
+"""TUI data layer without Textual: run state and health hints, record filters, group ranking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sf_mlx.rundir import RunDir, append_jsonl, write_jsonl_atomic
+from tui import watch
+from tui.load import Group, filter_items, load_items, next_zero_std, worst_group
+
+RUNS = Path(__file__).parent / "fixtures" / "runs"
+
+
+def test_health_hints_name_the_problem():
+    series = {"grpo/rl_only": {"grpo/frac_reward_zero_std": ((1, 0.6),)}}
+    series["grpo/rl_only"]["grpo/truncation_rate"] = ((1, 0.4),)
+    hints = watch.health_hints(series, {"state": "done"}, alive=False, now=0.0)
+    assert hints == [
+        "grpo/rl_only: 60% of groups had zero reward std: no learning signal",
+        "grpo/rl_only: 40% of responses truncated: raise grpo.max_tokens",
+    ]
+    assert watch.health_hints({}, {"state": "running", "pid": 7}, alive=False, now=0.0) == [
+        "status says running but process 7 is gone: run stopped"
+    ]
+
+
+def test_filters_narrow_items_and_groups_are_ranked():
+    loaded = load_items(RunDir(RUNS / "finished"), "rollouts")
+    assert len(loaded.items) == 2 * 3 * 16 and not loaded.errors
+    rl = filter_items(loaded.items, facets={"arm": "rl_only", "step": "1"})
+    assert len(rl) == 16
+    right = filter_items(rl, grade="correct")
+    assert right and all(it.record.reward > 0 for it in right)
+    assert filter_items(loaded.items, query="NO SUCH TEXT") == []
+    groups = [
+        Group(g, "p", tuple(it.record for it in rl if it.record.group == g)) for g in range(4)
+    ]
+    zero = next_zero_std(groups)
+    assert zero is not None and groups[zero].zero_std
+    assert next_zero_std(groups, zero) != zero
+    assert groups[worst_group(groups)].mean_reward == min(g.mean_reward for g in groups)
+
+
+def test_fmt_seconds():
+    assert [watch.fmt_seconds(s) for s in (None, 5, 65, 3725)] == ["-", "5s", "1m05s", "1h02m"]
+
+
+def test_run_watch_reads_new_rows_only_and_estimates_eta(tmp_path):
+    run = RunDir(tmp_path / "run").create()
+    run.set_status("sample", "running")  # this process's pid: alive
+    start = {"time": 100.0, "kind": "stage_start", "stage": "sample"}
+    append_jsonl(run.events, [start, progress(110.0, 10)])
+    w = watch.RunWatch(run, clock=lambda: 130.0)
+    sample = stage(w.poll(), "sample")
+    assert (sample.state, sample.done, sample.total, sample.eta) == ("running", 10, 100, None)
+    append_jsonl(run.events, [progress(120.0, 30)])  # 20 items in 10 s: 70 left take 35 s
+    snap = w.poll()
+    sample = stage(snap, "sample")
+    assert (sample.done, sample.eta, sample.seconds) == (30, 35.0, 30.0)
+    assert snap.state == "running" and snap.elapsed == 30.0
+    assert [s.state for s in snap.stages[:3]] == ["pending", "pending", "running"]
+    write_jsonl_atomic(run.events, [{"time": 200.0, "kind": "message", "stage": "x", "text": "hi"}])
+    snap = w.poll()  # a replaced file is read again from the start
+    assert snap.log_total == 1 and stage(snap, "sample").done is None
+
+
+def progress(t: float, done: int) -> dict:
+    return {"time": t, "kind": "progress", "stage": "sample", "done": done, "total": 100}
+
+
+def stage(snap: watch.Snapshot, name: str) -> watch.StageView:
+    return next(s for s in snap.stages if s.name == name)

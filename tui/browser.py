@@ -1,0 +1,271 @@
+"""The trace browser: samples, reflections, silver traces, rollouts and eval generations, with
+filters (grade, variant / format / arm / step ...) and search; a trace's segments are coloured by
+kind and each links to its source record."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header, Input, OptionList, Select, Static
+from textual.widgets.option_list import Option
+
+from sf_mlx.records import Reflection, Rollout, Trace
+from sf_mlx.rundir import RunDir
+from tui.base import RunScreen
+from tui.load import COLUMNS, FACETS, KINDS, Item, Loaded, facet_values, filter_items, load_items
+from tui.render import record_body, record_detail, record_header, segment_text
+
+MAX_ROWS = 1000  # rows put in the table; filters and search narrow the rest
+SEARCH_DELAY = 0.3  # seconds after the last key before a search runs
+GRADES = ("all", "correct", "wrong")
+MAX_FACETS = max(len(f) for f in FACETS.values())
+
+
+class BrowserScreen(RunScreen):
+    """`1-5` kind, `f` grade filter, `/` search, `o` open a rollout's group, `r` reload files."""
+
+    VIEW = "traces"
+    BINDINGS = [
+        Binding("1", "kind('samples')", "Samples", show=False),
+        Binding("2", "kind('reflections')", "Reflections", show=False),
+        Binding("3", "kind('traces')", "Traces", show=False),
+        Binding("4", "kind('rollouts')", "Rollouts", show=False),
+        Binding("5", "kind('eval')", "Eval", show=False),
+        Binding("f", "grade", "Grade filter", tooltip="cycle all / correct / wrong"),
+        Binding(
+            "slash", "search", "Search", key_display="/", tooltip="search text and ids (words AND)"
+        ),
+        Binding("o", "open_group", "Open group", tooltip="open a rollout's group in the inspector"),
+        Binding("r", "reload", "Reload", tooltip="read the record files again"),
+    ]
+
+    def __init__(self, run: RunDir) -> None:
+        super().__init__(run)
+        self.kind = "samples"
+        self.cache: dict[str, Loaded] = {}
+        self.shown: list[Item] = []  # the filtered items, in table order
+        self.matches = 0
+        self._search_timer: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="filters"):
+            yield Select(
+                [(k, k) for k in KINDS], value="samples", allow_blank=False, id="kind", compact=True
+            )
+            yield Select(
+                [(g, g) for g in GRADES], value="all", allow_blank=False, id="grade", compact=True
+            )
+            for i in range(MAX_FACETS):
+                yield Select([], prompt="all", id=f"facet-{i}", compact=True)
+            yield Input(placeholder="search (/)", id="search", compact=True)
+        yield Static("loading ...", id="count")
+        with Horizontal(id="browser-main"):
+            yield DataTable(id="items", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="detail"):
+                yield Static(id="detail-head")
+                yield OptionList(id="segments")
+                with VerticalScroll(id="detail-scroll"):
+                    yield Static(id="detail-text")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#segments", OptionList).display = False
+        self.query_one("#items", DataTable).focus()
+        self.set_kind("samples")
+
+    # --- loading and filtering (both in thread workers) -----------------------------------------
+
+    def set_kind(self, kind: str) -> None:
+        self.kind = kind
+        if self.query_one("#kind", Select).value != kind:
+            self.query_one("#kind", Select).value = kind
+        if kind in self.cache:
+            self._loaded(self.cache[kind])
+        else:
+            self.query_one("#count", Static).update(f"loading {kind} ...")
+            self.load("items", lambda: load_items(self.run, kind), self._loaded)
+
+    def _loaded(self, loaded: Loaded) -> None:
+        self.cache[loaded.kind] = loaded
+        self.report(loaded.errors)
+        if loaded.kind != self.kind:
+            return
+        facets = FACETS[self.kind]
+        for i in range(MAX_FACETS):
+            select = self.query_one(f"#facet-{i}", Select)
+            select.display = i < len(facets)
+            if i < len(facets):
+                values = facet_values(loaded.items, facets[i])
+                select.set_options([(f"{facets[i]} {v}", v) for v in values])
+                select.prompt = f"{facets[i]}: all"
+        table = self.query_one("#items", DataTable)
+        table.clear(columns=True)
+        table.add_columns(*COLUMNS[self.kind])
+        self.refilter()
+
+    def filters(self) -> tuple[str, dict[str, str], str]:
+        grade = str(self.query_one("#grade", Select).value)
+        facets = {}
+        for i, name in enumerate(FACETS[self.kind]):
+            value = self.query_one(f"#facet-{i}", Select).value
+            if value is not Select.NULL:
+                facets[name] = str(value)
+        return grade, facets, self.query_one("#search", Input).value
+
+    def refilter(self) -> None:
+        loaded = self.cache.get(self.kind)
+        if loaded is None:
+            return
+        grade, facets, query = self.filters()
+        kind = self.kind
+        self.load(
+            "filter", lambda: (kind, filter_items(loaded.items, grade, facets, query)), self._show
+        )
+
+    def _show(self, result: tuple[str, list[Item]]) -> None:
+        kind, items = result
+        if kind != self.kind:
+            return  # a stale result from the previous kind
+        self.matches = len(items)
+        self.shown = items[:MAX_ROWS]
+        table = self.query_one("#items", DataTable)
+        table.clear()
+        for i, it in enumerate(self.shown):
+            table.add_row(*(self._cell(it, c) for c in it.cells), key=str(i))
+        total = len(self.cache[self.kind].items)
+        more = f" (first {MAX_ROWS} shown)" if len(items) > MAX_ROWS else ""
+        self.query_one("#count", Static).update(
+            f"{len(items)} of {total} {self.kind}{more}" + ("" if items else " · nothing matches")
+        )
+        if self.shown:
+            table.move_cursor(row=0)
+            self.show_item(0)
+        else:
+            self.query_one("#detail-head", Static).update("")
+            self.query_one("#detail-text", Static).update("")
+            self.query_one("#segments", OptionList).display = False
+
+    @staticmethod
+    def _cell(item: Item, value: str) -> Text | str:
+        if value in ("yes", "no") and item.correct is not None:
+            return Text(value, "green" if value == "yes" else "red")
+        return value
+
+    # --- detail ----------------------------------------------------------------------------------
+
+    def show_item(self, index: int) -> None:
+        if not 0 <= index < len(self.shown):
+            return
+        item = self.shown[index]
+        loaded = self.cache[self.kind]
+        problem = loaded.problems.get(item.problem_id)
+        head = self.query_one("#detail-head", Static)
+        text = self.query_one("#detail-text", Static)
+        segments = self.query_one("#segments", OptionList)
+        record = item.record
+        if isinstance(record, Trace):
+            question = Text.assemble(("question ", "dim"), (record.question, "italic"))
+            head.update(Text("\n").join([record_header(record), question]))
+            segments.clear_options()
+            segments.add_options(
+                Option(segment_text(i, s), id=str(i)) for i, s in enumerate(record.segments)
+            )
+            segments.display = True
+            segments.highlighted = 0
+            self.show_source(record, 0)
+            return
+        segments.display = False
+        head.update(Text(""))
+        body = record_detail(record, problem)
+        if isinstance(record, Reflection) and record.sample_id in loaded.sources:
+            sample = loaded.sources[record.sample_id]
+            body = Text("\n\n").join([body, Text("checks", "dim"), record_detail(sample)])
+        text.update(body)
+        self.query_one("#detail-scroll", VerticalScroll).scroll_home(animate=False)
+
+    def show_source(self, trace: Trace, index: int) -> None:
+        """The record a trace segment was copied from (its sample or reflection)."""
+        if not 0 <= index < len(trace.segments):
+            return
+        seg = trace.segments[index]
+        text = self.query_one("#detail-text", Static)
+        loaded = self.cache["traces"]
+        source = loaded.sources.get(seg.source_id or "")
+        if seg.source_id is None:
+            text.update(Text(f"segment {index}: a glue phrase (no source record)", "dim"))
+        elif source is None:
+            text.update(Text(f"source {seg.source_id} not found in samples / reflections", "red"))
+        else:
+            title = Text(f"segment {index} comes from {seg.source_id}:", "dim")
+            text.update(Text("\n\n").join([title, record_header(source), record_body(source)]))
+
+    # --- events ----------------------------------------------------------------------------------
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "items":
+            self.show_item(event.cursor_row)
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        table = self.query_one("#items", DataTable)
+        if self.shown and table.cursor_row < len(self.shown):
+            record = self.shown[table.cursor_row].record
+            if isinstance(record, Trace) and event.option_index is not None:
+                self.show_source(record, event.option_index)
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "kind" and event.value != self.kind:
+            self.set_kind(str(event.value))
+        elif event.select.id != "kind":
+            self.refilter()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """Search once typing pauses, not on every key (a big list takes a moment to fill)."""
+        if self._search_timer is not None:
+            self._search_timer.stop()
+        self._search_timer = self.set_timer(SEARCH_DELAY, self._search)
+
+    def _search(self) -> None:
+        self._search_timer = None
+        self.refilter()
+
+    @property
+    def busy(self) -> bool:
+        return super().busy or self._search_timer is not None
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one("#items", DataTable).focus()
+
+    def action_kind(self, kind: str) -> None:
+        self.set_kind(kind)
+
+    def action_grade(self) -> None:
+        select = self.query_one("#grade", Select)
+        select.value = GRADES[(GRADES.index(str(select.value)) + 1) % len(GRADES)]
+
+    def action_search(self) -> None:
+        self.query_one("#search", Input).focus()
+
+    def action_runs(self) -> None:
+        if self.query_one("#search", Input).has_focus:  # escape leaves the search box first
+            self.query_one("#items", DataTable).focus()
+        else:
+            super().action_runs()
+
+    def action_reload(self) -> None:
+        self.cache.clear()
+        self.set_kind(self.kind)
+
+    def action_open_group(self) -> None:
+        table = self.query_one("#items", DataTable)
+        if not self.shown or table.cursor_row >= len(self.shown):
+            return
+        record = self.shown[table.cursor_row].record
+        if not isinstance(record, Rollout):
+            self.notify("o opens the GRPO group of a rollout: pick rollouts (4) first", timeout=4)
+            return
+        screen = self.app.open_run(self.run, "groups")  # type: ignore[attr-defined]
+        screen.goto(record.arm, record.step, record.group)

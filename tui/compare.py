@@ -1,0 +1,155 @@
+"""The compare view: arms x tasks from eval/summary.json (accuracy with its interval, pass@k, skill
+usage, verdict F1, budget-forcing gain); `p` cycles through the measures the summary holds."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Header, Static
+
+from sf_mlx.rundir import RunDir
+from tui.base import RunScreen
+from tui.load import read_summary, summary_tasks
+
+Summary = dict[str, dict[str, dict[str, Any]]]
+BAR = 8
+
+
+class Measure(NamedTuple):
+    key: str  # field of a summary cell
+    label: str
+    fraction: bool = False  # in [0, 1]: drawn with a bar
+    higher_better: bool = True
+
+
+MEASURES = (
+    Measure("accuracy", "accuracy (95% interval)", fraction=True),
+    Measure("pass_at_k", "pass@k", fraction=True),
+    Measure("answers_per_response", "answers per response"),
+    Measure("reflections_per_response", "reflections per response"),
+    Measure("verdict_f1", "verdict F1 (correct / incorrect)"),
+    Measure("budget_gain", "budget-forcing gain (forced - unforced accuracy)"),
+    Measure("mean_tokens", "mean tokens per response", higher_better=False),
+)
+
+
+def bar(value: float) -> str:
+    """A small horizontal bar for a fraction in [0, 1] (eighths of a cell)."""
+    eighths = round(max(0.0, min(1.0, value)) * BAR * 8)
+    return "█" * (eighths // 8) + ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")[eighths % 8]
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def sort_value(entry: dict[str, Any] | None, m: Measure) -> float | None:
+    """The number a cell is ranked by (a verdict F1 pair by its mean)."""
+    value = (entry or {}).get(m.key)
+    if isinstance(value, dict):
+        parts = [v for v in value.values() if _num(v)]
+        return sum(parts) / len(parts) if parts else None
+    return float(value) if _num(value) else None
+
+
+def cell(entry: dict[str, Any] | None, m: Measure, best: bool) -> Text:
+    """'0.420 [0.380, 0.460] ███▍', '1.25', 'C 0.81 / I 0.62', ...; '-' when missing."""
+    value = (entry or {}).get(m.key)
+    style = "bold green" if best else "bold"
+    if isinstance(value, dict):
+        parts = [
+            f"{k[:1].upper()} {v:.2f}" if _num(v) else f"{k[:1].upper()} -"
+            for k, v in value.items()
+        ]
+        return Text(" / ".join(parts), style)
+    if not _num(value):
+        return Text("-", "dim")
+    out = Text(f"{value:.3f}" if m.fraction or abs(value) < 10 else f"{value:.0f}", style)
+    low, high = (entry or {}).get("ci_low"), (entry or {}).get("ci_high")
+    if m.key == "accuracy" and _num(low) and _num(high):
+        out.append(f" [{low:.3f}, {high:.3f}]", "dim")
+    if m.fraction:
+        out.append(f" {bar(value):<{BAR}}", "green" if best else "cyan")
+    return out
+
+
+class CompareScreen(RunScreen):
+    """`p` cycles through the measures present in the summary."""
+
+    VIEW = "compare"
+    POLL_SECONDS = 2.0
+    BINDINGS = [
+        Binding("p", "measure", "Next measure", tooltip="accuracy, pass@k, skill usage ...")
+    ]
+
+    def __init__(self, run: RunDir) -> None:
+        super().__init__(run)
+        self.summary: Summary | None = None
+        self.measure = MEASURES[0]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="compare-note")
+        yield DataTable(id="compare", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.start_polling()
+
+    def fetch(self) -> Summary | None:
+        return read_summary(self.run)
+
+    def apply(self, summary: Summary | None) -> None:
+        if summary != self.summary or not self.query_one(DataTable).columns:
+            self.summary = summary
+            self.render_table()
+
+    def measures(self) -> list[Measure]:
+        """The measures some cell of the summary holds."""
+        cells = [e for per in (self.summary or {}).values() for e in per.values()]
+        return [m for m in MEASURES if any(m.key in e for e in cells)] or [MEASURES[0]]
+
+    def render_table(self) -> None:
+        table = self.query_one("#compare", DataTable)
+        note = self.query_one("#compare-note", Static)
+        table.clear(columns=True)
+        table.display = self.summary is not None
+        if not self.summary:
+            note.update(
+                "no evaluation yet: eval/summary.json is written when the evaluate stage ends"
+            )
+            return
+        m = self.measure
+        note.update(
+            Text.assemble(
+                ("arms x tasks: ", "dim"),
+                (m.label, "bold"),
+                ("; best per task in green; p: next measure", "dim"),
+            )
+        )
+        tasks = summary_tasks(self.summary)
+        table.add_column("arm", key="arm")
+        for task in tasks:
+            ns = {e.get("n") for per in self.summary.values() if (e := per.get(task))}
+            n = f" (n={ns.pop()})" if len(ns) == 1 else ""
+            table.add_column(f"{task}{n}", key=task)
+        best = {}
+        for task in tasks:
+            values = [sort_value(per.get(task), m) for per in self.summary.values()]
+            values = [v for v in values if v is not None]
+            best[task] = (max if m.higher_better else min)(values) if values else None
+        for arm, per in self.summary.items():
+            cells = []
+            for task in tasks:
+                value = sort_value(per.get(task), m)
+                cells.append(cell(per.get(task), m, value is not None and value == best[task]))
+            table.add_row(Text(arm, "bold"), *cells, key=arm)
+
+    def action_measure(self) -> None:
+        present = self.measures()
+        i = present.index(self.measure) + 1 if self.measure in present else 0
+        self.measure = present[i % len(present)]
+        self.render_table()

@@ -1,0 +1,114 @@
+"""Widgets shared by the screens: a labelled metric sparkline and a panel of them per stage."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Label, Sparkline
+
+from sf_mlx.metrics import METRICS, is_metric, metric
+
+# Plotted first, in this order (the rest of a stage's metrics follow in METRICS order).
+KEY_METRICS = (
+    "sft/train_loss",
+    "sft/valid_loss",
+    "grpo/reward",
+    "grpo/accuracy",
+    "grpo/mean_length",
+    "grpo/frac_reward_zero_std",
+    "grpo/truncation_rate",
+    "grpo/samples_per_response",
+    "grpo/reflections_per_response",
+)
+
+_ORDER = {m.name: i for i, m in enumerate(METRICS)}
+ARM_SEP = "@"  # 'grpo/reward@rl_only': one metric of one arm, in the arms panel
+
+
+def _split(name: str) -> tuple[str, str]:
+    """'grpo/reward@rl_only' -> ('grpo/reward', 'rl_only'); a plain name has no arm."""
+    base, _, arm = name.partition(ARM_SEP)
+    return base, arm
+
+
+def plot_order(names: list[str]) -> list[str]:
+    """Key metrics first, then the other declared ones in METRICS order, then undeclared names;
+    the series of one metric for several arms ('name@arm') stay together."""
+
+    def rank(name: str) -> tuple[int, str, str]:
+        base, arm = _split(name)
+        if base in KEY_METRICS:
+            return KEY_METRICS.index(base), "", arm
+        if base in _ORDER:
+            return len(KEY_METRICS) + _ORDER[base], "", arm
+        return len(KEY_METRICS) + len(_ORDER), base, arm
+
+    return sorted(names, key=rank)
+
+
+def metric_title(name: str, points: tuple[tuple[int, float], ...]) -> Text:
+    """'label  0.4200  step N  range min .. max' for one series ('label arm' for 'name@arm')."""
+    base, arm = _split(name)
+    label, fmt = (metric(base).label, metric(base).format) if is_metric(base) else (base, str)
+    title = Text(f"{label:<16}", "bold")
+    if arm:
+        title = Text.assemble(
+            (label, "bold"), " ", (f"{arm:<{max(1, 15 - len(label))}}", "magenta")
+        )
+    if points:
+        values = [v for _, v in points]
+        title.append(f"{fmt(values[-1]):>8}", "bold cyan")
+        title.append(f"  step {points[-1][0]}", "dim")
+        title.append(f"  range {fmt(min(values))} .. {fmt(max(values))}", "dim")
+    return title
+
+
+class MetricPlot(Vertical):
+    """A title line with the latest value and range, over a sparkline of every logged step."""
+
+    def __init__(self, name: str, **kwargs) -> None:
+        super().__init__(classes="metric-plot", **kwargs)
+        self.metric_name = name
+        self._title = Label(metric_title(name, ()), classes="metric-title")
+        self._spark = Sparkline([], summary_function=max)
+
+    def compose(self) -> ComposeResult:
+        yield self._title
+        yield self._spark
+
+    def update_points(self, points: tuple[tuple[int, float], ...]) -> None:
+        self._title.update(metric_title(self.metric_name, points))
+        self._spark.data = [v for _, v in points if v == v]  # NaN would break the scale
+
+
+class PlotPanel(VerticalScroll):
+    """The metric plots of one stage; plots for new metric names are added as they appear."""
+
+    def __init__(self, stage: str, **kwargs) -> None:
+        super().__init__(classes="plot-panel", **kwargs)
+        self.stage = stage
+        self._plots: dict[str, MetricPlot] = {}
+        self._waiting: dict[str, tuple[tuple[int, float], ...]] | None = None
+        self._ready = False
+
+    def on_mount(self) -> None:
+        self._ready = True
+        if self._waiting is not None:
+            self.update_series(self._waiting)
+
+    def update_series(self, series: dict[str, tuple[tuple[int, float], ...]]) -> None:
+        """Show every metric of `series` (kept until mounted when called earlier)."""
+        if not self._ready:
+            self._waiting = series
+            return
+        new = [n for n in series if n not in self._plots]
+        for name in new:
+            self._plots[name] = MetricPlot(name)
+        order = plot_order(list(self._plots))
+        for i, name in enumerate(order):
+            if name in new:
+                after = next((self._plots[n] for n in order[i + 1 :] if n not in new), None)
+                self.mount(self._plots[name], before=after)
+        for name, plot in self._plots.items():
+            plot.update_points(series.get(name, ()))
