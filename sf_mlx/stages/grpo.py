@@ -379,8 +379,9 @@ def train_grpo(
     """Run GRPO steps until `cfg.steps` (resuming from `ckpt_dir` if a checkpoint is there).
 
     The model must already carry its trainable adapter. Returns the last completed step.
-    Ctrl-C (or `should_stop()`) saves a checkpoint and returns; a NaN/inf loss raises
-    FloatingPointError and keeps the last good checkpoint.
+    `should_stop()` saves a checkpoint and returns; Ctrl-C saves a checkpoint of the last
+    completed step and re-raises; a NaN/inf loss raises FloatingPointError and keeps the last
+    good checkpoint.
     """
     import time
     from pathlib import Path
@@ -404,9 +405,9 @@ def train_grpo(
             t_roll = time.perf_counter() - tic
             upd = policy_update(model, optimizer, batch, pad_id, cfg)
             t_upd = time.perf_counter() - tic - t_roll
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the step in flight is dropped; everything before it is kept
             save_checkpoint(ckpt, model, optimizer, step)
-            return step
+            raise
         step += 1
         if on_step:
             on_step(step, step_metrics(batch, upd, t_roll, t_upd), batch)
