@@ -144,6 +144,9 @@ def run_stage(
     tic = time.perf_counter()
     try:
         info = STAGES[stage](run, recipe, progress)
+    except KeyboardInterrupt:
+        run.set_status(stage, "stopped")
+        raise
     except BaseException:
         run.set_status(stage, "failed")
         raise
