@@ -281,8 +281,9 @@ def _thread_fns() -> tuple[Callable[..., int], Callable[..., None]] | None:
 def blas_threads(n: int):
     """Run a block with `n` OpenBLAS threads (no-op when the fix is not applied).
 
-    Decoding multiplies tiny matrices (a batch of single tokens): one thread is faster there, and
-    on a loaded 2-core machine spinning OpenBLAS threads slow everything down several-fold.
+    Decoding multiplies tiny matrices (a batch of single tokens). On an idle 2-core machine two
+    threads decode faster; on a loaded one spinning OpenBLAS threads slow decoding ~7x, and one
+    thread is far better (`SF_MLX_DECODE_THREADS=1`).
     """
     fns = _thread_fns()
     if fns is None:

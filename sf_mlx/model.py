@@ -124,7 +124,10 @@ def generate(
         completion_batch_size=batch_size,
         prefill_batch_size=min(batch_size, 8),
     )
-    with blas.blas_threads(1):
+    threads = os.environ.get("SF_MLX_DECODE_THREADS")
+    if not threads:
+        return _generate(gen, tokenizer, prompts, params)
+    with blas.blas_threads(int(threads)):
         return _generate(gen, tokenizer, prompts, params)
 
 
