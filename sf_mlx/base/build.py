@@ -89,7 +89,6 @@ def build(
 
     blas.ensure_fast_blas()
     import mlx.core as mx
-    import mlx.nn as nn
     from mlx.utils import tree_flatten
     from transformers import AutoTokenizer
 
@@ -189,7 +188,6 @@ def build(
     }
     (staging / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2))
     weights_hash = hashlib.sha256((staging / "model.safetensors").read_bytes()).hexdigest()
-    del nn
 
     from sf_mlx.base.behaviour import measure
 

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -29,24 +29,6 @@ class ModelShape:
     num_key_value_heads: int
     intermediate_size: int
 
-    def config(self, vocab_size: int, max_positions: int) -> dict:
-        """An HF-style qwen2 config.json that mlx_lm.load reads."""
-        return {
-            "model_type": "qwen2",
-            "architectures": ["Qwen2ForCausalLM"],
-            "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "intermediate_size": self.intermediate_size,
-            "rms_norm_eps": 1e-6,
-            "vocab_size": vocab_size,
-            "max_position_embeddings": max_positions,
-            "rope_theta": 10000.0,
-            "tie_word_embeddings": True,
-            "torch_dtype": "float32",
-        }
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -59,12 +41,6 @@ class TrainConfig:
     weight_decay: float = 0.1
     checkpoint_every: int = 200
     seed: int = 0
-
-
-def build_model(config: dict) -> nn.Module:
-    from mlx_lm.models import qwen2
-
-    return qwen2.Model(qwen2.ModelArgs.from_dict(config))
 
 
 def encode_examples(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
@@ -219,7 +195,3 @@ def train(
         if stop:
             break
     return losses
-
-
-def config_json(shape: ModelShape, train_cfg: TrainConfig) -> str:
-    return json.dumps({"shape": asdict(shape), "train": asdict(train_cfg)}, indent=2)
