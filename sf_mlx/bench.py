@@ -131,7 +131,8 @@ def bench_sampling(
 
     def ours() -> int:
         gens = model_io.generate(m, tok, prompts, params, seed=seed, batch_size=batch_size)
-        return sum(len(g.tokens) for g in gens)
+        # the EOS token was decoded too (mlx_lm counts it) though it is not in `tokens`
+        return sum(len(g.tokens) + (g.finish_reason == "stop") for g in gens)
 
     def mlx_lm_batch() -> int:
         import mlx.core as mx

@@ -131,6 +131,9 @@ def generate(
         return _generate(gen, tokenizer, prompts, params)
 
 
+LOGPROB_FLUSH = 16  # decode steps between logprob transfers
+
+
 def _generate(gen, tokenizer, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
     import mlx.core as mx
 
@@ -139,18 +142,33 @@ def _generate(gen, tokenizer, prompts: list[list[int]], params: SamplingParams) 
         tokens: dict[int, list[int]] = {u: [] for u in uids}
         logprobs: dict[int, list[float]] = {u: [] for u in uids}
         finish: dict[int, str] = {}
+        # The sampled tokens' logprobs are gathered lazily and moved to Python every
+        # LOGPROB_FLUSH steps in one transfer: a per-step transfer stalls the decode loop.
+        pending: list[tuple[list[int], Any]] = []
+
+        def flush() -> None:
+            mx.eval([values for _, values in pending])
+            for step_uids, values in pending:
+                for u, lp in zip(step_uids, values.tolist(), strict=True):
+                    logprobs[u].append(lp)
+            pending.clear()
+
         while responses := gen.next_generated():
             kept = [r for r in responses if r.finish_reason != "stop"]  # EOS is not in the text
-            if kept:  # one gather + one transfer per step, not one per sequence
-                rows = mx.stack([r.logprobs for r in kept])  # (B, V), already evaluated
+            if kept:
+                rows = mx.stack([r.logprobs for r in kept])  # (B, V)
                 picked = mx.array([r.token for r in kept])[:, None]  # (B, 1)
-                values = mx.take_along_axis(rows, picked, axis=-1)[:, 0].tolist()
-                for r, lp in zip(kept, values, strict=True):
+                pending.append(
+                    ([r.uid for r in kept], mx.take_along_axis(rows, picked, axis=-1)[:, 0])
+                )
+                for r in kept:
                     tokens[r.uid].append(r.token)
-                    logprobs[r.uid].append(lp)
+                if len(pending) >= LOGPROB_FLUSH:
+                    flush()
             for r in responses:
                 if r.finish_reason is not None:
                     finish[r.uid] = r.finish_reason
+        flush()
     finally:
         gen.close()
     return [

@@ -4,6 +4,7 @@ exact render layout, provenance, working shuffle, and the stage's files and prob
 import json
 import random
 import re
+from dataclasses import replace
 from itertools import combinations
 
 import pytest
@@ -332,6 +333,7 @@ def test_stage_end_to_end(tmp_path):
         assert "/original/2" not in "".join(str(s.source_id) for s in t.segments)
         assert t.segments[-1].correct and ends_correct(t)
     assert stats["pairs_kept"] == 8 * 3 and stats["problems_with_traces"] == 7
+    assert stats["problems"] == 8
     assert stats["traces_per_format"] == {"*C_full": 21} and stats["frac_ending_correct"] == 1.0
     assert stats["mean_pairs_per_trace"] == 2.0
     assert stats["mean_trace_chars"] == sum(map(len, texts)) / len(texts)
@@ -366,3 +368,13 @@ def test_split_problems():
     assert len(split_problems(["a", "b"], 0.9, 0)[0]) == 1
     with pytest.raises(ValueError, match="valid_fraction=1.0"):
         split_problems(ids, 1.0, 0)
+
+
+def test_stats_count_only_the_sft_pool(tmp_path):
+    run = _write_run(tmp_path, n_problems=4)
+    problems = read_jsonl(run.problems, Problem)
+    others = [Problem(f"cd/s1/{i:05d}", "countdown", f"rl {i}?", {}, split="rl") for i in range(5)]
+    sft = [replace(p, split="sft") for p in problems]
+    write_jsonl_atomic(run.problems, sft + others)
+    stats = run_rearrange(run, RearrangeConfig(valid_fraction=0.25), seed=0)
+    assert stats["problems"] == 4 and stats["problems_with_traces"] == 3

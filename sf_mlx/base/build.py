@@ -26,6 +26,7 @@ class SizePreset:
     corpus_examples: int
     vocab_size: int
     eval_problems: int  # per Countdown size in the behaviour evaluation
+    corpus: CorpusConfig = CorpusConfig()
 
 
 SIZES: dict[str, SizePreset] = {
@@ -36,19 +37,23 @@ SIZES: dict[str, SizePreset] = {
         corpus_examples=6000,
         vocab_size=384,
         eval_problems=20,
+        # a few hundred thousand tokens teach little beyond 2-3 numbers: spend them there
+        corpus=CorpusConfig(
+            countdown_args={2: 0.6, 3: 0.4}, frac_check=0.15, frac_ood=0.0, plain_prompt_share=0.7
+        ),
     ),
     # The shipped default base model (sf_mlx/data/base-small): about an hour on 2 CPU cores.
     "small": SizePreset(
         shape=ModelShape(256, 4, 4, 4, 1024),
         train=TrainConfig(
-            steps=1600,
+            steps=1300,
             batch_size=20,
             seq_len=384,
             learning_rate=2e-3,
             warmup=60,
             checkpoint_every=100,
         ),
-        corpus_examples=80_000,
+        corpus_examples=70_000,
         vocab_size=640,
         eval_problems=200,
     ),
@@ -104,7 +109,7 @@ def build(
     t0 = time.perf_counter()
 
     log(f"corpus: {preset.corpus_examples} examples, seed {seed}")
-    corpus = make_corpus(preset.corpus_examples, seed, CorpusConfig())
+    corpus = make_corpus(preset.corpus_examples, seed, preset.corpus)
     stats = corpus_stats(corpus)
 
     tok_dir = work / "tokenizer"
@@ -204,7 +209,7 @@ def build(
         "train": asdict(train_cfg),
         "stopped_at": last_step,
         "corpus": stats,
-        "corpus_config": asdict(CorpusConfig()),
+        "corpus_config": asdict(preset.corpus),
         "train_seconds": round(train_secs, 1),
         "machine": _machine(),
         "first_losses": [h["loss"] for h in history[:10]],

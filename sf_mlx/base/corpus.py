@@ -51,7 +51,15 @@ class CorpusConfig:
     frac_check: float = 0.25  # "check this attempt" demonstrations
     frac_drill: float = 0.08  # arithmetic drill lines
     frac_ood: float = 0.10  # out-of-domain attempts (multiplication, acronym)
-    p_correct: float = 0.55  # how often the noisy solver's attempt is right (when it can be)
+    # Countdown attempts follow a person's strategy, "nearest first": at every step combine the
+    # pair whose result is closest to the target (right on about 36% of 3-number problems, by
+    # itself); the rest of the attempts are realistic mistakes (a slipped step, a claimed target,
+    # a reused or invented number, a random miss) or, rarely, a lucky random correct chain.
+    p_strategy: float = 0.75
+    p_step_slip: float = 0.1  # per step of the strategy: a slipped result that later steps trust
+    pairs_considered: int = 3  # per step the strategy looks at this many pairs, not all of them
+    p_lucky: float = 0.05
+    p_correct: float = 0.55  # out-of-domain attempts: how often the noisy solver is right
     plain_prompt_share: float = 0.3  # attempts whose prompt is the plain question (SFT/RL form)
 
 
@@ -118,9 +126,62 @@ def _valid(a: int, op: str, b: int) -> bool:
     return True
 
 
-def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, want_correct: bool):
+def _nearest_chain(
+    rng: random.Random, numbers: list[int], target: int, p_slip: float = 0.0, pairs: int = 99
+):
+    """The "nearest first" strategy: each step combines the pair whose exact integer result is
+    closest to the target (ties broken at random), among `pairs` pairs it happens to look at, so
+    it misses more as the numbers grow. With probability `p_slip` a step's result is
+    written wrong and the later steps build on the wrong value, so longer chains fail more often.
+    Returns (steps, expression, believed value)."""
+    pool = [(n, str(n), False) for n in numbers]
+    steps: list[Step] = []
+    while len(pool) > 1:
+        best: list[tuple[int, int, str]] = []
+        best_gap = None
+        looked = [(i, j) for i in range(len(pool)) for j in range(i + 1, len(pool))]
+        looked = rng.sample(looked, min(pairs, len(looked)))
+        for i, j in looked + [(j, i) for i, j in looked]:
+            va, vb = pool[i][0], pool[j][0]
+            for op in OPS:
+                if op in "+*" and va < vb:  # people write the larger number first
+                    continue
+                if not _valid(va, op, vb):
+                    continue
+                gap = abs(int(_apply(va, op, vb)) - target)
+                if best_gap is None or gap < best_gap:
+                    best, best_gap = [(i, j, op)], gap
+                elif gap == best_gap:
+                    best.append((i, j, op))
+        if not best:  # only when every pair is (1, 1)-like: fall back to a random step
+            return _random_chain(rng, [v for v, _, _ in pool])[:3]
+        i, j, op = rng.choice(best)
+        (va, ea, ca), (vb, eb, cb) = pool[i], pool[j]
+        value = int(_apply(va, op, vb))
+        if rng.random() < p_slip:
+            value = max(0, value + rng.choice([-2, -1, 1, 2, 10, -10]))
+        steps.append(Step(va, op, vb, value))
+        expr = f"{f'({ea})' if ca else ea} {op} {f'({eb})' if cb else eb}"
+        pool = [p for k, p in enumerate(pool) if k not in (i, j)] + [(value, expr, True)]
+        if value == target:
+            break
+    return steps, pool[-1][1], pool[-1][0]
+
+
+def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, cfg: CorpusConfig):
     """One attempt as (steps, expression, error kind). Error kinds name realistic failures."""
-    if want_correct:
+    r = rng.random()
+    if r < cfg.p_strategy:
+        steps, expr, value = _nearest_chain(
+            rng, numbers, target, cfg.p_step_slip, cfg.pairs_considered
+        )
+        if value == target:  # believed; a slipped step makes it wrong all the same
+            return steps, expr, "none"
+        if steps and rng.random() < 0.3:  # off by a little: writes the target anyway
+            last = steps[-1]
+            return steps[:-1] + [Step(last.a, last.op, last.b, target)], expr, "claim"
+        return steps, expr, "nearest_miss"
+    if r < cfg.p_strategy + cfg.p_lucky:
         for _ in range(400):
             steps, expr, value = _random_chain(rng, numbers, stop_at=target)
             if value == target:
@@ -183,7 +244,7 @@ def _countdown_response(rng, style: str, numbers, target, steps, expr) -> str:
 
 def countdown_attempt_example(rng: random.Random, problem: Problem, style: str, cfg: CorpusConfig):
     numbers, target = problem.data["numbers"], problem.data["target"]
-    steps, expr, _ = _countdown_attempt(rng, numbers, target, rng.random() < cfg.p_correct)
+    steps, expr, _ = _countdown_attempt(rng, numbers, target, cfg)
     response = _countdown_response(rng, style, numbers, target, steps, expr)
     return response, grade(problem, response)[1]
 

@@ -79,7 +79,8 @@ def build_all_traces(
 
 def run_rearrange(run: RunDir, cfg: RearrangeConfig, seed: int) -> dict[str, Any]:
     """Build the silver traces and the SFT files of `run`; returns the stats (also saved)."""
-    problems = read_jsonl(run.problems, Problem)
+    everything = read_jsonl(run.problems, Problem)
+    problems = [p for p in everything if p.split in ("sft", "")]  # the SFT pool was sampled
     samples = read_jsonl(run.samples, Sample)
     reflections = read_jsonl(run.reflections, Reflection)
     traces, n_pairs = build_all_traces(problems, samples, reflections, cfg, seed)
@@ -102,7 +103,7 @@ def run_rearrange(run: RunDir, cfg: RearrangeConfig, seed: int) -> dict[str, Any
         "format": cfg.format,
         "traces": len(traces),
         "traces_per_format": per_format,
-        "problems": len(problems),
+        "problems": len(problems),  # the SFT pool (the only problems sampled)
         "problems_with_traces": len(with_traces),
         "samples": len(samples),
         "reflections_agreeing": sum(r.agrees for r in reflections),
