@@ -78,8 +78,9 @@ def test_first_pass_ratio_is_one_and_zero_advantage_gives_zero_gradient(name):
     assert np.array_equal(np.array(mx.exp(logp - old)), np.ones(logp.shape, dtype=np.float32))
 
     def loss_fn(m, adv):
-        return grpo.grpo_loss(m, tokens, mask, old, None, adv, 0.2, 0.28, 0.0, 1.0, 8,
-                              grpo.VARIANTS[name].aggregate)[0]
+        return grpo.grpo_loss(
+            m, tokens, mask, old, None, adv, 0.2, 0.28, 0.0, 1.0, 8, grpo.VARIANTS[name].aggregate
+        )[0]
 
     zero = nn.value_and_grad(model, loss_fn)(model, mx.zeros((4,)))[1]
     assert all(np.all(np.array(g) == 0) for _, g in _leaves(zero))
@@ -123,15 +124,24 @@ def _toy_setup(tiny_model_dir, **overrides):
     mx.random.seed(0)
     m, tok = model_io.load(str(tiny_model_dir))
     attach_lora(m, rank=8, scale=20.0, dropout=0.0, num_layers=-1)
-    problems = get_task("countdown").make_problems(16, 0, num_args=2, max_number=10,
-                                                   min_target=10, max_target=30)
+    problems = get_task("countdown").make_problems(
+        16, 0, num_args=2, max_number=10, min_target=10, max_target=30
+    )
 
     def reward(problem, text):  # truncated completions never reach here: they get 0
         return float(extract_answer(text) is not None)
 
-    cfg = replace(GrpoConfig(), prompts_per_step=4, group_size=8, minibatch_prompts=2,
-                  max_tokens=24, learning_rate=5e-4, temperature=1.0, checkpoint_every=2,
-                  **overrides)
+    cfg = replace(
+        GrpoConfig(),
+        prompts_per_step=4,
+        group_size=8,
+        minibatch_prompts=2,
+        max_tokens=24,
+        learning_rate=5e-4,
+        temperature=1.0,
+        checkpoint_every=2,
+        **overrides,
+    )
     return m, tok, problems, reward, cfg
 
 
@@ -139,8 +149,16 @@ def _toy_setup(tiny_model_dir, **overrides):
 def test_grpo_learns_a_toy_verifiable_reward(tiny_model_dir, tmp_path):
     m, tok, problems, reward, cfg = _toy_setup(tiny_model_dir, steps=20)
     history = []
-    grpo.train_grpo(m, tok, problems, reward, cfg, tmp_path / "ckpt", seed=0,
-                    on_step=lambda s, met, b: history.append(met["grpo/reward"]))
+    grpo.train_grpo(
+        m,
+        tok,
+        problems,
+        reward,
+        cfg,
+        tmp_path / "ckpt",
+        seed=0,
+        on_step=lambda s, met, b: history.append(met["grpo/reward"]),
+    )
     first, last = np.mean(history[:5]), np.mean(history[-5:])
     assert last > first + 0.25, f"mean reward did not rise: first 5 steps {first}, last 5 {last}"
 

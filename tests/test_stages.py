@@ -24,9 +24,18 @@ VARIANTS = ("original", "plan_and_execute", "alternatively", "rephrase")
 def _run(tmp_path: Path, model_dir: Path, *extra: str) -> tuple[RunDir, object]:
     recipe = load_recipe(
         "countdown-tiny",
-        [f"run.model={model_dir}", "problems.n_sft=3", "problems.n_rl=2", "problems.n_eval=2",
-         "sample.n_samples=2", "sample.max_tokens=40", "sample.batch_size=8",
-         "reflect.n_reflections=2", "reflect.max_tokens=40", *extra],
+        [
+            f"run.model={model_dir}",
+            "problems.n_sft=3",
+            "problems.n_rl=2",
+            "problems.n_eval=2",
+            "sample.n_samples=2",
+            "sample.max_tokens=40",
+            "sample.batch_size=8",
+            "reflect.n_reflections=2",
+            "reflect.max_tokens=40",
+            *extra,
+        ],
     )
     run = RunDir(tmp_path / "run").create()
     dump_recipe(recipe, run.recipe)
