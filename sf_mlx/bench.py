@@ -250,3 +250,95 @@ def bench_grpo(
 
 if __name__ == "__main__":
     bench_matmul(tuple(int(a) for a in sys.argv[1:]) or (256, 512, 1024, 2048))
+
+
+def make_large_run(path: Path, rollouts: int, group_size: int = 8, steps: int = 100) -> Path:
+    """A run directory holding `rollouts` synthetic GRPO rollouts (arm rl_only) for `bench tui`:
+    the file sizes a long GRPO run leaves behind, not results."""
+    from sf_mlx.records import Rollout
+    from sf_mlx.rundir import RunDir, write_jsonl_atomic
+
+    run = RunDir(path).create()
+    per_step = max(1, rollouts // steps)
+    for step in range(1, steps + 1):
+        rows = []
+        for i in range(per_step):
+            group, index = divmod(i, group_size)
+            rows.append(
+                Rollout(
+                    step=step,
+                    group=group,
+                    problem_id=f"countdown-3/s0/{group:05d}",
+                    index=index,
+                    completion=f"Step 1: 7 * 5 = 35\nStep 2: 35 + {i % 9} = {35 + i % 9}\n"
+                    f"<answer>7 * 5 + {i % 9}</answer>",
+                    reward=float(i % 3 == 0),
+                    advantage=0.0,
+                    extracted=f"7 * 5 + {i % 9}",
+                    num_tokens=40 + i % 50,
+                    truncated=False,
+                    arm="rl_only",
+                )
+            )
+        write_jsonl_atomic(run.grpo_dir("rl_only") / "rollouts" / f"step_{step}.jsonl", rows)
+    return path
+
+
+def bench_tui(rollouts: int = 100_000) -> dict:
+    """Open a run with `rollouts` GRPO rollouts in the trace browser (headless Textual app):
+    time until the rows are shown, and whether a key pressed mid-load is handled at once."""
+    import asyncio
+    import tempfile
+    import time
+
+    from rich.console import Console
+
+    from tui.app import SfMlxApp
+    from tui.browser import BrowserScreen
+    from tui.help import HelpScreen
+    from tui.load import load_items
+
+    out: dict = {"rollouts": rollouts}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_path = make_large_run(Path(tmp) / "large", rollouts)
+        from sf_mlx.rundir import RunDir
+
+        tic = time.perf_counter()
+        loaded = load_items(RunDir(run_path), "rollouts")
+        out["read_s"] = time.perf_counter() - tic
+        out["items"] = len(loaded.items)
+
+        async def drive() -> None:
+            app = SfMlxApp(run_path)
+            async with app.run_test(size=(120, 36)) as pilot:
+                await app.workers.wait_for_complete()
+                await pilot.pause()
+                app.open_run(RunDir(run_path), "traces")
+                for _ in range(100):
+                    await pilot.pause(0.02)
+                    if isinstance(app.screen, BrowserScreen):
+                        break
+                screen = app.screen
+                if not isinstance(screen, BrowserScreen):
+                    raise RuntimeError(f"the trace browser did not open (on {screen!r})")
+                tic = time.perf_counter()
+                screen.set_kind("rollouts")
+                await pilot.press("question_mark")  # while the worker reads
+                key_s = time.perf_counter() - tic
+                out["help_during_load"] = isinstance(app.screen, HelpScreen) and screen.busy
+                out["key_s"] = key_s
+                await pilot.press("escape")
+                while screen.busy or screen.matches == 0:
+                    await pilot.pause(0.05)
+                out["shown_s"] = time.perf_counter() - tic
+                out["matches"] = screen.matches
+
+        asyncio.run(drive())
+    console = Console()
+    console.print(
+        f"{out['items']} rollouts: read in {out['read_s']:.2f} s (worker thread); "
+        f"trace browser shows its first rows {out['shown_s']:.2f} s after opening; "
+        f"a key pressed mid-load was handled in {out['key_s'] * 1000:.0f} ms "
+        f"({'while the read was still running' if out['help_during_load'] else 'after it'})"
+    )
+    return out

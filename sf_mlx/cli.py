@@ -167,6 +167,18 @@ def bench_grpo(
         fail(str(e))
 
 
+@bench_app.command("tui")
+def bench_tui(
+    rollouts: Annotated[int, typer.Option(help="Synthetic GRPO rollouts in the run.")] = 100_000,
+) -> None:
+    """Open a run with many rollouts in the TUI (headless): load time and responsiveness."""
+    from sf_mlx.bench import bench_tui as run
+
+    if rollouts < 1:
+        fail(f"--rollouts {rollouts}: expected at least 1")
+    run(rollouts)
+
+
 @base_app.command("build")
 def base_build(
     size: Annotated[

@@ -105,3 +105,15 @@ def test_bad_finish_reason_and_verdict_are_named():
 def test_records_are_frozen():
     with pytest.raises(AttributeError):
         EXAMPLES[1].correct = False
+
+
+def test_timing_table_counts_the_last_run_of_each_stage(tmp_path):
+    from sf_mlx.rundir import RunDir
+    from sf_mlx.stages.report import timing_table
+
+    run = RunDir(tmp_path / "run").create()
+    run.log_event("stage_end", stage="sample", seconds=10.0)
+    run.log_event("stage_end", stage="sft", seconds=99.0)  # a stage re-run later
+    run.log_event("stage_end", stage="sft", seconds=30.0)
+    lines = timing_table(run).splitlines()
+    assert lines[2:] == ["| sample | 10.0 | 25% |", "| sft | 30.0 | 75% |", "| total | 40.0 | |"]

@@ -258,6 +258,37 @@ async def test_browser_rollout_opens_its_group():
 
 
 @pytest.mark.anyio
+async def test_a_slow_read_never_blocks_the_keys(monkeypatch):
+    """Reads run in a thread worker: while one is stuck, keys still switch screens."""
+    import threading
+
+    import tui.browser
+
+    gate = threading.Event()
+    real = tui.browser.load_items
+
+    def slow(run, kind):
+        assert gate.wait(20), "the test never released the read"
+        return real(run, kind)
+
+    monkeypatch.setattr(tui.browser, "load_items", slow)
+    app = make_app(RUNS / "finished")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("t")
+        await pilot.pause()
+        browser = app.screen
+        assert isinstance(browser, BrowserScreen) and browser.busy
+        assert browser.query_one("#count", Static).content == "loading samples ..."
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen) and browser.busy
+        gate.set()
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen is browser and browser.query_one("#items", DataTable).row_count == 16
+
+
+@pytest.mark.anyio
 async def test_group_inspector_jumps_to_zero_std_and_worst_groups():
     app = make_app(RUNS / "finished")
     async with app.run_test(size=SIZE) as pilot:

@@ -79,7 +79,9 @@ def budget_table(summary: dict) -> str:
 
 
 def timing_table(run: RunDir) -> str:
-    ends = [e for e in run.read_events("stage_end")]
+    """Seconds per stage; a stage run more than once (`sf-mlx stage NAME`) counts its last run."""
+    last = {e["stage"]: e for e in run.read_events("stage_end")}
+    ends = list(last.values())
     total = sum(e.get("seconds", 0.0) for e in ends)
     lines = ["| stage | seconds | share |", "|---|---|---|"]
     for e in ends:
