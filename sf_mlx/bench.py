@@ -248,10 +248,6 @@ def bench_grpo(
     return rows
 
 
-if __name__ == "__main__":
-    bench_matmul(tuple(int(a) for a in sys.argv[1:]) or (256, 512, 1024, 2048))
-
-
 def make_large_run(path: Path, rollouts: int, group_size: int = 8, steps: int = 100) -> Path:
     """A run directory holding `rollouts` synthetic GRPO rollouts (arm rl_only) for `bench tui`:
     the file sizes a long GRPO run leaves behind, not results."""
@@ -293,6 +289,7 @@ def bench_tui(rollouts: int = 100_000) -> dict:
 
     from rich.console import Console
 
+    from sf_mlx.rundir import RunDir
     from tui.app import SfMlxApp
     from tui.browser import BrowserScreen
     from tui.help import HelpScreen
@@ -301,8 +298,6 @@ def bench_tui(rollouts: int = 100_000) -> dict:
     out: dict = {"rollouts": rollouts}
     with tempfile.TemporaryDirectory() as tmp:
         run_path = make_large_run(Path(tmp) / "large", rollouts)
-        from sf_mlx.rundir import RunDir
-
         tic = time.perf_counter()
         loaded = load_items(RunDir(run_path), "rollouts")
         out["read_s"] = time.perf_counter() - tic
@@ -342,3 +337,7 @@ def bench_tui(rollouts: int = 100_000) -> dict:
         f"({'while the read was still running' if out['help_during_load'] else 'after it'})"
     )
     return out
+
+
+if __name__ == "__main__":
+    bench_matmul(tuple(int(a) for a in sys.argv[1:]) or (256, 512, 1024, 2048))

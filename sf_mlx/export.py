@@ -130,9 +130,9 @@ def import_released_raw(
         pid = problem_id_for(question, prefix)
         if pid not in problems:
             data = {"answer": answer}
-            problems[pid] = Problem(
-                pid, task, question, data, "" if answer is None else str(answer)
-            )
+            solution = "" if answer is None else str(answer)
+            # the released samples' questions are the sampled pool: SFT, as in a run
+            problems[pid] = Problem(pid, task, question, data, solution, split="sft")
         elif problems[pid].data["answer"] != answer:
             raise ValueError(
                 f"{where}: answer {answer!r} differs from {problems[pid].data['answer']!r} "
@@ -225,7 +225,6 @@ def import_run(
 ) -> dict[str, int]:
     """Start a run from released raw data: problems, samples and reflections written and marked
     done, so `sf-mlx stage rearrange` builds traces from the paper's own samples."""
-    from dataclasses import replace
 
     from sf_mlx.config import dump_recipe, load_recipe
     from sf_mlx.rundir import RunDir, write_jsonl_atomic
@@ -236,7 +235,7 @@ def import_run(
         raise ValueError(f"{run.path} already has samples.jsonl; import into a new run directory")
     if not run.recipe.exists():
         dump_recipe(load_recipe(recipe_name), run.recipe, header=f"imported from {path}")
-    write_jsonl_atomic(run.problems, [replace(p, split="sft") for p in problems])
+    write_jsonl_atomic(run.problems, problems)
     write_jsonl_atomic(run.samples, samples)
     write_jsonl_atomic(run.reflections, reflections)
     counts = {"problems": len(problems), "samples": len(samples), "reflections": len(reflections)}

@@ -4,7 +4,6 @@ exact render layout, provenance, working shuffle, and the stage's files and prob
 import json
 import random
 import re
-from dataclasses import replace
 from itertools import combinations
 
 import pytest
@@ -303,7 +302,7 @@ def _write_run(tmp_path, n_problems: int = 8) -> RunDir:
     problems, samples, refls = [], [], []
     for i in range(n_problems):
         pid = f"cd/s0/{i:05d}"
-        problems.append(Problem(pid, "countdown", f"question {i}?", {"target": i}))
+        problems.append(Problem(pid, "countdown", f"question {i}?", {"target": i}, split="sft"))
         grades = [False] * 4 if i == 0 else [k % 3 == 0 for k in range(4)]  # problem 0: no correct
         for k, c in enumerate(grades):
             s = _sample(pid, k, c)
@@ -374,7 +373,6 @@ def test_stats_count_only_the_sft_pool(tmp_path):
     run = _write_run(tmp_path, n_problems=4)
     problems = read_jsonl(run.problems, Problem)
     others = [Problem(f"cd/s1/{i:05d}", "countdown", f"rl {i}?", {}, split="rl") for i in range(5)]
-    sft = [replace(p, split="sft") for p in problems]
-    write_jsonl_atomic(run.problems, sft + others)
+    write_jsonl_atomic(run.problems, problems + others)
     stats = run_rearrange(run, RearrangeConfig(valid_fraction=0.25), seed=0)
     assert stats["problems"] == 4 and stats["problems_with_traces"] == 3

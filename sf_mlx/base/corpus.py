@@ -102,18 +102,25 @@ def _random_chain(rng: random.Random, numbers: list[int], stop_at: int | None = 
     steps: list[Step] = []
     while len(pool) > 1:
         i, j = rng.sample(range(len(pool)), 2)
-        (va, ea, ca), (vb, eb, cb) = pool[i], pool[j]
-        if va < vb and rng.random() < 0.8:  # people write the larger number first
-            (va, ea, ca), (vb, eb, cb) = (vb, eb, cb), (va, ea, ca)
+        if pool[i][0] < pool[j][0] and rng.random() < 0.8:  # people write the larger first
+            i, j = j, i
+        va, vb = pool[i][0], pool[j][0]
         ops = [op for op in OPS if _valid(va, op, vb)]
         op = rng.choice(ops)
         value = int(_apply(va, op, vb))
         steps.append(Step(va, op, vb, value))
-        expr = f"{f'({ea})' if ca else ea} {op} {f'({eb})' if cb else eb}"
-        pool = [p for k, p in enumerate(pool) if k not in (i, j)] + [(value, expr, True)]
+        pool, expr = _combine(pool, i, j, op, value)
         if stop_at is not None and value == stop_at:
             return steps, expr, value
     return steps, pool[0][1], pool[0][0]
+
+
+def _combine(pool: list, i: int, j: int, op: str, value: int) -> tuple[list, str]:
+    """Replace pool entries i and j, (value, expression, is_compound) each, by `i op j` with the
+    given value; returns (new pool, the combined expression)."""
+    (_, ea, ca), (_, eb, cb) = pool[i], pool[j]
+    expr = f"{f'({ea})' if ca else ea} {op} {f'({eb})' if cb else eb}"
+    return [p for k, p in enumerate(pool) if k not in (i, j)] + [(value, expr, True)], expr
 
 
 def _valid(a: int, op: str, b: int) -> bool:
@@ -156,13 +163,12 @@ def _nearest_chain(
         if not best:  # only when every pair is (1, 1)-like: fall back to a random step
             return _random_chain(rng, [v for v, _, _ in pool])[:3]
         i, j, op = rng.choice(best)
-        (va, ea, ca), (vb, eb, cb) = pool[i], pool[j]
+        va, vb = pool[i][0], pool[j][0]
         value = int(_apply(va, op, vb))
         if rng.random() < p_slip:
             value = max(0, value + rng.choice([-2, -1, 1, 2, 10, -10]))
         steps.append(Step(va, op, vb, value))
-        expr = f"{f'({ea})' if ca else ea} {op} {f'({eb})' if cb else eb}"
-        pool = [p for k, p in enumerate(pool) if k not in (i, j)] + [(value, expr, True)]
+        pool, _ = _combine(pool, i, j, op, value)
         if value == target:
             break
     return steps, pool[-1][1], pool[-1][0]

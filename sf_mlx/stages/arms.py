@@ -15,6 +15,7 @@ from pathlib import Path
 from sf_mlx.config import Recipe
 from sf_mlx.records import Problem, Rollout, Sample
 from sf_mlx.rundir import RunDir, append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+from sf_mlx.stages.problems import read_pool
 from sf_mlx.tasks import grade
 
 GRPO_ARMS = ("sft_grpo", "rl_only", "star_grpo")
@@ -89,7 +90,7 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
     start = starting_model(run, recipe, arm)
     model, tok = model_io.load(start)
     lora_config = attach_lora(model, cfg.lora_rank, cfg.lora_scale, 0.0, -1)
-    problems = [p for p in read_jsonl(run.problems, Problem) if p.split == "rl"]
+    problems = read_pool(run, "rl")
     history: list[dict] = []
     print(
         f"{stage}: {cfg.steps} steps x {cfg.prompts_per_step} prompts x {cfg.group_size} "

@@ -11,10 +11,15 @@ from dataclasses import replace
 
 from sf_mlx.config import Recipe
 from sf_mlx.records import Problem
-from sf_mlx.rundir import RunDir, write_jsonl_atomic
+from sf_mlx.rundir import RunDir, read_jsonl, write_jsonl_atomic
 from sf_mlx.tasks import get_task, heldout, heldout_problems
 
 STAGE = "problems"
+
+
+def read_pool(run: RunDir, split: str) -> list[Problem]:
+    """The problems of one pool of `run`: "sft" (sampled for silver traces) or "rl" (GRPO)."""
+    return [p for p in read_jsonl(run.problems, Problem) if p.split == split]
 
 
 def _key(p: Problem) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 from sf_mlx.config import RearrangeConfig
 from sf_mlx.records import Problem, Reflection, Sample, Trace
 from sf_mlx.rundir import RunDir, read_jsonl, write_json_atomic, write_jsonl_atomic
+from sf_mlx.stages.problems import read_pool
 from sf_mlx.traces import (
     ends_correct,
     get_format,
@@ -79,8 +80,7 @@ def build_all_traces(
 
 def run_rearrange(run: RunDir, cfg: RearrangeConfig, seed: int) -> dict[str, Any]:
     """Build the silver traces and the SFT files of `run`; returns the stats (also saved)."""
-    everything = read_jsonl(run.problems, Problem)
-    problems = [p for p in everything if p.split in ("sft", "")]  # the SFT pool was sampled
+    problems = read_pool(run, "sft")  # the only problems sampled
     samples = read_jsonl(run.samples, Sample)
     reflections = read_jsonl(run.reflections, Reflection)
     traces, n_pairs = build_all_traces(problems, samples, reflections, cfg, seed)
@@ -103,7 +103,7 @@ def run_rearrange(run: RunDir, cfg: RearrangeConfig, seed: int) -> dict[str, Any
         "format": cfg.format,
         "traces": len(traces),
         "traces_per_format": per_format,
-        "problems": len(problems),  # the SFT pool (the only problems sampled)
+        "problems": len(problems),  # the SFT pool
         "problems_with_traces": len(with_traces),
         "samples": len(samples),
         "reflections_agreeing": sum(r.agrees for r in reflections),

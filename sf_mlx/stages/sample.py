@@ -14,6 +14,7 @@ from sf_mlx.prompts import variant_prompt
 from sf_mlx.records import Problem, Sample
 from sf_mlx.rundir import RunDir, read_jsonl
 from sf_mlx.stages.generation import Job, Progress, run_generation_stage
+from sf_mlx.stages.problems import read_pool
 from sf_mlx.tasks import grade
 
 STAGE = "sample"
@@ -66,7 +67,7 @@ def sample_stats(samples: list[Sample]) -> dict:
 
 def run_sample(run: RunDir, recipe: Recipe, progress: Progress | None = None) -> dict:
     cfg = recipe.sample
-    problems = [p for p in read_jsonl(run.problems, Problem) if p.split == "sft"]
+    problems = read_pool(run, "sft")
     jobs = sample_jobs(problems, cfg.variants, cfg.n_samples)
     run_generation_stage(
         run,
