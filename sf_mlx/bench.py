@@ -282,7 +282,9 @@ def make_large_run(path: Path, rollouts: int, group_size: int = 8, steps: int = 
 
 def bench_tui(rollouts: int = 100_000) -> dict:
     """Open a run with `rollouts` GRPO rollouts in the trace browser (headless Textual app):
-    time until the rows are shown, and whether a key pressed mid-load is handled at once."""
+    time until the rows are shown, and how long the help key takes while the rollouts load
+    compared with the same key once they are loaded (the ratio is the slowdown a user feels),
+    with the records parsed in the app's reader process and, for comparison, in a thread."""
     import asyncio
     import tempfile
     import time
@@ -294,6 +296,7 @@ def bench_tui(rollouts: int = 100_000) -> dict:
     from tui.browser import BrowserScreen
     from tui.help import HelpScreen
     from tui.load import load_items
+    from tui.reader import RecordReader
 
     out: dict = {"rollouts": rollouts}
     with tempfile.TemporaryDirectory() as tmp:
@@ -302,9 +305,11 @@ def bench_tui(rollouts: int = 100_000) -> dict:
         loaded = load_items(RunDir(run_path), "rollouts")
         out["read_s"] = time.perf_counter() - tic
         out["items"] = len(loaded.items)
+        del loaded
 
-        async def drive() -> None:
-            app = SfMlxApp(run_path)
+        async def drive(processes: bool) -> dict:
+            res: dict = {}
+            app = SfMlxApp(run_path, reader=RecordReader(processes=processes))
             async with app.run_test(size=(120, 36)) as pilot:
                 await app.workers.wait_for_complete()
                 await pilot.pause()
@@ -316,26 +321,41 @@ def bench_tui(rollouts: int = 100_000) -> dict:
                 screen = app.screen
                 if not isinstance(screen, BrowserScreen):
                     raise RuntimeError(f"the trace browser did not open (on {screen!r})")
+                while screen.busy:  # the samples (none here) load first
+                    await pilot.pause(0.05)
                 tic = time.perf_counter()
                 screen.set_kind("rollouts")
-                await pilot.press("question_mark")  # while the worker reads
-                key_s = time.perf_counter() - tic
-                out["help_during_load"] = isinstance(app.screen, HelpScreen) and screen.busy
-                out["key_s"] = key_s
+                await pilot.press("question_mark")  # while the reader reads
+                res["key_loading_s"] = time.perf_counter() - tic
+                res["help_during_load"] = isinstance(app.screen, HelpScreen) and screen.busy
                 await pilot.press("escape")
                 while screen.busy or screen.matches == 0:
                     await pilot.pause(0.05)
-                out["shown_s"] = time.perf_counter() - tic
-                out["matches"] = screen.matches
+                res["shown_s"] = time.perf_counter() - tic
+                res["matches"] = screen.matches
+                await pilot.pause(0.2)
+                tic = time.perf_counter()
+                await pilot.press("question_mark")  # the same key with nothing loading
+                res["key_idle_s"] = time.perf_counter() - tic
+                await pilot.press("escape")
+            res["key_ratio"] = res["key_loading_s"] / res["key_idle_s"]
+            return res
 
-        asyncio.run(drive())
+        out["process"] = asyncio.run(drive(processes=True))
+        out["thread"] = asyncio.run(drive(processes=False))
     console = Console()
     console.print(
-        f"{out['items']} rollouts: read in {out['read_s']:.2f} s (worker thread); "
-        f"trace browser shows its first rows {out['shown_s']:.2f} s after opening; "
-        f"a key pressed mid-load was handled in {out['key_s'] * 1000:.0f} ms "
-        f"({'while the read was still running' if out['help_during_load'] else 'after it'})"
+        f"{out['items']} rollouts, parsed in {out['read_s']:.2f} s when timed alone. "
+        "Trace browser opening them; the help key pressed during the read vs once loaded:"
     )
+    for name, where in (("process", "in the reader process (the app)"), ("thread", "in a thread")):
+        r = out[name]
+        during = "during the read" if r["help_during_load"] else "after the read had finished"
+        console.print(
+            f"  parsed {where}: first rows after {r['shown_s']:.2f} s; key {during} "
+            f"{r['key_loading_s'] * 1000:.0f} ms, once loaded {r['key_idle_s'] * 1000:.0f} ms: "
+            f"{r['key_ratio']:.2f}x"
+        )
     return out
 
 

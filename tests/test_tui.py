@@ -258,21 +258,20 @@ async def test_browser_rollout_opens_its_group():
 
 
 @pytest.mark.anyio
-async def test_a_slow_read_never_blocks_the_keys(monkeypatch):
-    """Reads run in a thread worker: while one is stuck, keys still switch screens."""
+async def test_a_slow_read_never_blocks_the_keys():
+    """Reads are waited on in a thread worker: while one is stuck, keys still switch screens."""
     import threading
 
-    import tui.browser
+    from tui.reader import RecordReader
 
     gate = threading.Event()
-    real = tui.browser.load_items
 
-    def slow(run, kind):
-        assert gate.wait(20), "the test never released the read"
-        return real(run, kind)
+    class SlowReader(RecordReader):
+        def page(self, *args, **kwargs):
+            assert gate.wait(20), "the test never released the read"
+            return super().page(*args, **kwargs)
 
-    monkeypatch.setattr(tui.browser, "load_items", slow)
-    app = make_app(RUNS / "finished")
+    app = SfMlxApp(RUNS / "finished", clock=lambda: NOW, reader=SlowReader())
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("t")
@@ -286,6 +285,7 @@ async def test_a_slow_read_never_blocks_the_keys(monkeypatch):
         await pilot.press("escape")
         await settle(pilot)
         assert app.screen is browser and browser.query_one("#items", DataTable).row_count == 16
+    assert app.reader._proc is None  # quitting the app stops its reader process
 
 
 @pytest.mark.anyio

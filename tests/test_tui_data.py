@@ -70,3 +70,44 @@ def progress(t: float, done: int) -> dict:
 
 def stage(snap: watch.Snapshot, name: str) -> watch.StageView:
     return next(s for s in snap.stages if s.name == name)
+
+
+def test_the_record_reader_pages_from_a_child_process(tmp_path):
+    """The child process reads and filters; the app gets the first `limit` matches, the facet
+    values of the whole kind, the linked sources, and a `reload` that sees appended rows."""
+    import os
+    import shutil
+
+    from tui.reader import RecordReader
+
+    shutil.copytree(RUNS / "finished", tmp_path / "run")
+    run = str(tmp_path / "run")
+    reader = RecordReader()
+    try:
+        page = reader.page(run, "rollouts", facets={"arm": "rl_only"}, limit=5)
+        assert reader._proc is not None and reader._proc.pid != os.getpid() and reader._proc.poll() is None
+        assert (page.total, page.matches, len(page.items)) == (96, 48, 5)
+        assert page.facets["arm"] == ["rl_only", "sft_grpo"]
+        assert page.facets["step"] == ["1", "2", "3"]
+        assert all(it.record.arm == "rl_only" for it in page.items)
+        assert set(page.problems) == {it.problem_id for it in page.items}
+        # the same answer as reading in this process
+        local = RecordReader(processes=False).page(run, "rollouts", facets={"arm": "rl_only"})
+        assert [it.key for it in local.items[:5]] == [it.key for it in page.items]
+        traces = reader.page(run, "traces")
+        linked = {s.source_id for it in traces.items for s in it.record.segments if s.source_id}
+        assert linked and linked == set(traces.sources)
+        # a new rollout file shows only after a reload: the child keeps what it read
+        rollouts = RunDir(run).grpo_dir("rl_only") / "rollouts"
+        shutil.copy(rollouts / "step_3.jsonl", rollouts / "step_4.jsonl")
+        assert reader.page(run, "rollouts").total == 96
+        assert reader.page(run, "rollouts", reload=True).total == 96 + 16
+        try:
+            reader.page(run, "nonsense")
+        except RuntimeError as e:
+            assert "kind 'nonsense'" in str(e)
+        else:
+            raise AssertionError("an unknown kind was not refused")
+    finally:
+        reader.close()
+    assert reader._proc is None

@@ -21,6 +21,7 @@ from tui.compare import CompareScreen
 from tui.groups import GroupScreen
 from tui.help import HelpScreen, KeySection
 from tui.live import LiveScreen
+from tui.reader import RecordReader
 from tui.runs import RunsScreen
 from tui.watch import RunWatch
 
@@ -58,14 +59,20 @@ class SfMlxApp(App):
         path: str | os.PathLike[str] = "runs",
         clock: Callable[[], float] = time.time,
         poll_scale: float = 1.0,
+        reader: RecordReader | None = None,
     ) -> None:
-        """`clock` and `poll_scale` (multiplies every poll interval) are for tests."""
+        """`clock` and `poll_scale` (multiplies every poll interval) are for tests; `reader`
+        reads the trace browser's records (default: in a child process)."""
         super().__init__()
+        self.reader = reader or RecordReader()
         self.path = Path(path)
         self.clock = clock
         self.poll_scale = poll_scale
         self._watches: dict[Path, RunWatch] = {}
         self._watches_lock = threading.Lock()  # workers of several screens ask at once
+
+    def on_unmount(self) -> None:
+        self.reader.close()
 
     def on_mount(self) -> None:
         self.push_screen(RunsScreen(self.path))

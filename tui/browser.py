@@ -15,7 +15,7 @@ from textual.widgets.option_list import Option
 from sf_mlx.records import Reflection, Rollout, Trace
 from sf_mlx.rundir import RunDir
 from tui.base import RunScreen
-from tui.load import COLUMNS, FACETS, KINDS, Item, Loaded, facet_values, filter_items, load_items
+from tui.load import COLUMNS, FACETS, KINDS, Item, Page
 from tui.render import record_body, record_detail, record_header, segment_text
 
 MAX_ROWS = 1000  # rows put in the table; filters and search narrow the rest
@@ -45,8 +45,8 @@ class BrowserScreen(RunScreen):
     def __init__(self, run: RunDir) -> None:
         super().__init__(run)
         self.kind = "samples"
-        self.cache: dict[str, Loaded] = {}
-        self.shown: list[Item] = []  # the filtered items, in table order
+        self.page: Page | None = None  # what the table shows
+        self.shown: list[Item] = []  # the page's items, in table order
         self.matches = 0
         self._search_timer: Timer | None = None
 
@@ -77,35 +77,42 @@ class BrowserScreen(RunScreen):
         self.query_one("#items", DataTable).focus()
         self.set_kind("samples")
 
-    # --- loading and filtering (both in thread workers) -----------------------------------------
+    # --- loading and filtering: the app's record reader (a child process), asked from workers ---
 
-    def set_kind(self, kind: str) -> None:
+    def _read(self, kind: str, facets: dict[str, str] | None, reload: bool = False):
+        """A worker's job: ask the reader for `kind` under the current grade and search."""
+        grade = str(self.query_one("#grade", Select).value)
+        query = self.query_one("#search", Input).value
+        reader = self.app.reader  # type: ignore[attr-defined]
+        run = str(self.run.path)
+        return lambda: reader.page(run, kind, grade, facets, query, MAX_ROWS, reload)
+
+    def set_kind(self, kind: str, reload: bool = False) -> None:
         self.kind = kind
         if self.query_one("#kind", Select).value != kind:
             self.query_one("#kind", Select).value = kind
-        if kind in self.cache:
-            self._loaded(self.cache[kind])
-        else:
-            self.query_one("#count", Static).update(f"loading {kind} ...")
-            self.load("items", lambda: load_items(self.run, kind), self._loaded)
+        self.query_one("#count", Static).update(f"loading {kind} ...")
+        self.load("items", self._read(kind, None, reload), self._loaded)
 
-    def _loaded(self, loaded: Loaded) -> None:
-        self.cache[loaded.kind] = loaded
-        self.report(loaded.errors)
-        if loaded.kind != self.kind:
+    def _loaded(self, page: Page) -> None:
+        self.report(page.errors)
+        if page.kind != self.kind:
             return
-        facets = FACETS[self.kind]
+        names = FACETS[self.kind]
         for i in range(MAX_FACETS):
             select = self.query_one(f"#facet-{i}", Select)
-            select.display = i < len(facets)
-            if i < len(facets):
-                values = facet_values(loaded.items, facets[i])
-                select.set_options([(f"{facets[i]} {v}", v) for v in values])
-                select.prompt = f"{facets[i]}: all"
+            select.display = i < len(names)
+            if i < len(names):
+                values = page.facets[names[i]]
+                select.set_options([(f"{names[i]} {v}", v) for v in values])
+                select.prompt = f"{names[i]}: all"
         table = self.query_one("#items", DataTable)
         table.clear(columns=True)
         table.add_columns(*COLUMNS[self.kind])
-        self.refilter()
+        self._show(page)
+        grade, _, query = self.filters()
+        if (grade, query) != (page.grade, page.query):  # changed while the read ran
+            self.refilter()
 
     def filters(self) -> tuple[str, dict[str, str], str]:
         grade = str(self.query_one("#grade", Select).value)
@@ -117,29 +124,25 @@ class BrowserScreen(RunScreen):
         return grade, facets, self.query_one("#search", Input).value
 
     def refilter(self) -> None:
-        loaded = self.cache.get(self.kind)
-        if loaded is None:
-            return
-        grade, facets, query = self.filters()
-        kind = self.kind
-        self.load(
-            "filter", lambda: (kind, filter_items(loaded.items, grade, facets, query)), self._show
-        )
+        if self.page is None or self.page.kind != self.kind:
+            return  # the facet selects still hold another kind's values; `_loaded` refilters
+        _, facets, _ = self.filters()
+        self.load("filter", self._read(self.kind, facets), self._show)
 
-    def _show(self, result: tuple[str, list[Item]]) -> None:
-        kind, items = result
-        if kind != self.kind:
+    def _show(self, page: Page) -> None:
+        if page.kind != self.kind:
             return  # a stale result from the previous kind
-        self.matches = len(items)
-        self.shown = items[:MAX_ROWS]
+        self.page = page
+        self.matches = page.matches
+        self.shown = page.items
         table = self.query_one("#items", DataTable)
         table.clear()
         for i, it in enumerate(self.shown):
             table.add_row(*(self._cell(it, c) for c in it.cells), key=str(i))
-        total = len(self.cache[self.kind].items)
-        more = f" (first {MAX_ROWS} shown)" if len(items) > MAX_ROWS else ""
+        more = f" (first {len(self.shown)} shown)" if page.matches > len(self.shown) else ""
         self.query_one("#count", Static).update(
-            f"{len(items)} of {total} {self.kind}{more}" + ("" if items else " · nothing matches")
+            f"{page.matches} of {page.total} {self.kind}{more}"
+            + ("" if page.matches else " · nothing matches")
         )
         if self.shown:
             table.move_cursor(row=0)
@@ -161,7 +164,8 @@ class BrowserScreen(RunScreen):
         if not 0 <= index < len(self.shown):
             return
         item = self.shown[index]
-        loaded = self.cache[self.kind]
+        loaded = self.page
+        assert loaded is not None  # rows are shown only from a page
         problem = loaded.problems.get(item.problem_id)
         head = self.query_one("#detail-head", Static)
         text = self.query_one("#detail-text", Static)
@@ -193,8 +197,8 @@ class BrowserScreen(RunScreen):
             return
         seg = trace.segments[index]
         text = self.query_one("#detail-text", Static)
-        loaded = self.cache["traces"]
-        source = loaded.sources.get(seg.source_id or "")
+        sources = self.page.sources if self.page is not None else {}
+        source = sources.get(seg.source_id or "")
         if seg.source_id is None:
             text.update(Text(f"segment {index}: a glue phrase (no source record)", "dim"))
         elif source is None:
@@ -256,8 +260,7 @@ class BrowserScreen(RunScreen):
             super().action_runs()
 
     def action_reload(self) -> None:
-        self.cache.clear()
-        self.set_kind(self.kind)
+        self.set_kind(self.kind, reload=True)
 
     def action_open_group(self) -> None:
         table = self.query_one("#items", DataTable)

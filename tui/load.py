@@ -220,6 +220,58 @@ def filter_items(
     return out
 
 
+@dataclass
+class Page:
+    """What the browser's table shows of one kind: the first `limit` matches of the filters, with
+    the problems and source records those items link to, and the facet values of the whole kind."""
+
+    kind: str
+    total: int  # records of this kind
+    matches: int  # records passing the filters
+    items: list[Item]
+    facets: dict[str, list[str]]
+    problems: dict[str, Problem] = field(default_factory=dict)
+    sources: dict[str, Record] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    grade: str = "all"  # the filters this page was made with
+    query: str = ""
+
+
+def page_of(
+    loaded: Loaded,
+    grade: str = "all",
+    facets: dict[str, str] | None = None,
+    query: str = "",
+    limit: int = 1000,
+) -> Page:
+    """Filter `loaded` and keep the first `limit` matches with what they link to."""
+    matched = filter_items(loaded.items, grade, facets, query)
+    items = matched[:limit]
+    linked: set[str] = set()
+    for it in items:
+        r = it.record
+        if isinstance(r, Trace):
+            linked.update(s.source_id for s in r.segments if s.source_id)
+        elif isinstance(r, Reflection):
+            linked.add(r.sample_id)
+    return Page(
+        kind=loaded.kind,
+        total=len(loaded.items),
+        matches=len(matched),
+        items=items,
+        facets={name: facet_values(loaded.items, name) for name in FACETS[loaded.kind]},
+        problems={
+            it.problem_id: loaded.problems[it.problem_id]
+            for it in items
+            if it.problem_id in loaded.problems
+        },
+        sources={k: loaded.sources[k] for k in linked if k in loaded.sources},
+        errors=list(loaded.errors),
+        grade=grade,
+        query=query,
+    )
+
+
 # --- GRPO groups ----------------------------------------------------------------------------------
 
 

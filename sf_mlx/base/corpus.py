@@ -55,8 +55,8 @@ class CorpusConfig:
     # pair whose result is closest to the target (right on about 36% of 3-number problems, by
     # itself); the rest of the attempts are realistic mistakes (a slipped step, a claimed target,
     # a reused or invented number, a random miss) or, rarely, a lucky random correct chain.
-    p_strategy: float = 0.75
-    p_step_slip: float = 0.1  # per step of the strategy: a slipped result that later steps trust
+    p_strategy: float = 0.8
+    p_step_slip: float = 0.08  # per step of the strategy: a slipped result that later steps trust
     pairs_considered: int = 3  # per step the strategy looks at this many pairs, not all of them
     p_lucky: float = 0.05
     p_correct: float = 0.55  # out-of-domain attempts: how often the noisy solver is right
@@ -279,7 +279,8 @@ def _fmt(x: Fraction) -> str:
 
 
 def countdown_check_response(problem: Problem, attempt: str) -> tuple[str, bool]:
-    """Recompute only what is needed: numbers first, then the arithmetic, then the target."""
+    """Recompute only what is needed: numbers first, then the arithmetic, then the result next
+    to the target, and only then the decision."""
     numbers, target = problem.data["numbers"], problem.data["target"]
     extracted, correct = grade(problem, attempt)
     if extracted is None:
@@ -298,10 +299,10 @@ def countdown_check_response(problem: Problem, attempt: str) -> tuple[str, bool]
         for a, op, b, v in steps:
             lines.append(f"{_fmt(Fraction(a))} {op} {_fmt(Fraction(b))} = {_fmt(v)}")
         value = steps[-1][3] if steps else Fraction(used[0])
-        if value == target:
-            lines.append(f"The result {_fmt(value)} equals the target {target}.")
-        else:
-            lines.append(f"The result {_fmt(value)} is not the target {target}.")
+        # Both numbers are written before the decision, so the decision is a comparison of two
+        # nearby numbers rather than a guess made before the target is written.
+        same = "equal" if value == target else "not equal"
+        lines.append(f"Result {_fmt(value)}, target {target}: {same}.")
     verdict = "Correct" if correct else "Incorrect"
     return "\n".join(lines) + f"\n<verdict>{verdict}</verdict>", correct
 
