@@ -97,3 +97,32 @@ def test_sigkill_mid_sample_then_rerun_loses_and_duplicates_nothing(tmp_path, ti
     assert len(ids) == len(set(ids)) == total
     assert {s.sample_id: s for s in samples}.keys() >= {s.sample_id for s in partial}
     assert run.is_done("sample")
+
+
+def test_budget_forcing_cuts_the_standard_generation_and_forces_one_more_attempt(tiny_model_dir):
+    """At-budget = the standard generation's first `budget` tokens; forcing cuts at `</think>`,
+    appends `<sample>` and decodes on; generations without `</think>` are left as they are."""
+    from sf_mlx import model as model_io
+    from sf_mlx.stages.evaluate import cut_at_budget, force_budget
+
+    model, tok = model_io.load(str(tiny_model_dir))
+    closed = "<think>\n<sample>\nStep 1: 3 + 4 = 7\n</sample>\n</think>\n<answer>3 + 4</answer>"
+    texts = [closed, "Step 1: 3 + 4 = 7\n<answer>3 + 4</answer>"]
+    gens = []
+    for t in texts:
+        ids = tok.encode(t, add_special_tokens=False)
+        gens.append(model_io.Generation(5, ids, t, [0.0] * len(ids), "stop"))
+    budget = 12
+    cut = [cut_at_budget(tok, g, budget) for g in gens]
+    for g, c in zip(gens, cut, strict=True):
+        assert c.tokens == g.tokens[:budget] and c.finish_reason == "length"
+        assert c.text == tok.decode(g.tokens[:budget]) and g.text.startswith(c.text)
+    assert cut_at_budget(tok, gens[0], 10_000) is gens[0]
+
+    prompts = [model_io.chat_prompt(tok, "Using the numbers [3, 4], make 7.")] * 2
+    params = model_io.SamplingParams(max_tokens=budget, temperature=0.7)
+    forced = force_budget(model, tok, prompts, gens, params, budget, seed=0)
+    head = "<think>\n<sample>\nStep 1: 3 + 4 = 7\n</sample>\n\n<sample>\n"
+    assert forced[0].text.startswith(head) and forced[0].text != head
+    assert len(tok.encode(forced[0].text[len(head) :], add_special_tokens=False)) <= budget + 2
+    assert forced[1] is gens[1]

@@ -85,7 +85,8 @@ def test_the_record_reader_pages_from_a_child_process(tmp_path):
     reader = RecordReader()
     try:
         page = reader.page(run, "rollouts", facets={"arm": "rl_only"}, limit=5)
-        assert reader._proc is not None and reader._proc.pid != os.getpid() and reader._proc.poll() is None
+        child = reader._proc
+        assert child is not None and child.pid != os.getpid() and child.poll() is None
         assert (page.total, page.matches, len(page.items)) == (96, 48, 5)
         assert page.facets["arm"] == ["rl_only", "sft_grpo"]
         assert page.facets["step"] == ["1", "2", "3"]

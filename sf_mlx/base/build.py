@@ -30,7 +30,7 @@ class SizePreset:
 
 
 SIZES: dict[str, SizePreset] = {
-    # Tests: builds in well under a minute on 2 CPU cores; weak, but solves some 2-number problems.
+    # Tests: builds in about 40 s on 2 CPU cores; learns the format, solves no Countdown (README).
     "tiny": SizePreset(
         shape=ModelShape(64, 2, 2, 2, 256),
         train=TrainConfig(steps=150, batch_size=8, seq_len=384, learning_rate=3e-3, warmup=15),

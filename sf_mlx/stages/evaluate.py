@@ -5,8 +5,10 @@ graded on the last `<answer>`; accuracy = mean over all generations, with a 95% 
 interval over questions; pass@k = share of questions with at least one correct generation;
 skill usage (#answers, #samples, #reflections per response, verdict F1 per class against the
 checker's grade of the sample each reflection follows). Budget forcing on Countdown tasks:
-decode with `budget` tokens; where the model closed `</think>`, cut there, append `<sample>`
-and continue up to twice the budget; its gain is forced minus unforced accuracy at that budget.
+the standard generations cut at `budget` tokens (a sample of decoding with that limit, paired
+with the standard one); where the model closed `</think>` within them, cut there, append
+`<sample>` and continue up to twice the budget; its gain is forced minus unforced accuracy at
+that budget.
 All generations are saved (`eval/<arm>/<task>.jsonl`); `eval/summary.json` is recomputed from
 them, so a report's numbers can always be traced back to text.
 """
@@ -124,21 +126,35 @@ def _results(
     return out
 
 
-def force_budget(model, tok, prompts: list[list[int]], params, budget: int, seed: int):
-    """Budget forcing: decode `budget` tokens; where `</think>` was closed, cut there, append
-    `<sample>` and continue for up to `budget` more tokens. Returns one generation per prompt."""
+def cut_at_budget(tok, gen, budget: int):
+    """`gen` as decoding with `max_tokens=budget` would have left it: its first `budget` tokens.
+    Each token's distribution does not depend on the limit, so this is a sample of the budgeted
+    decode, paired with the unbudgeted one (and it costs no decoding)."""
     from sf_mlx import model as model_io
 
-    first = model_io.generate(model, tok, prompts, replace(params, max_tokens=budget), seed)
+    if len(gen.tokens) <= budget:
+        return gen
+    tokens = gen.tokens[:budget]
+    return model_io.Generation(
+        gen.prompt_tokens, tokens, tok.decode(tokens), gen.logprobs[:budget], "length"
+    )
+
+
+def force_budget(model, tok, prompts: list[list[int]], first, params, budget: int, seed: int):
+    """Budget forcing on generations `first` decoded with `budget` tokens: where `</think>` was
+    closed, cut there, append `<sample>` and continue for up to `budget` more tokens. Returns one
+    generation per prompt (the unforced ones unchanged)."""
+    from sf_mlx import model as model_io
+
     todo = [i for i, g in enumerate(first) if FORCE_TAG in g.text]
     if not todo:
-        return first
+        return list(first)
     heads = [first[i].text.split(FORCE_TAG, 1)[0] + "\n<sample>\n" for i in todo]
     cont_prompts = [
         prompts[i] + tok.encode(h, add_special_tokens=False)
         for i, h in zip(todo, heads, strict=True)
     ]
-    more = model_io.generate(model, tok, cont_prompts, replace(params, max_tokens=budget), seed + 1)
+    more = model_io.generate(model, tok, cont_prompts, replace(params, max_tokens=budget), seed)
     out = list(first)
     for i, head, g in zip(todo, heads, more, strict=True):
         text = head + g.text
@@ -153,19 +169,19 @@ def force_budget(model, tok, prompts: list[list[int]], params, budget: int, seed
 
 
 def evaluate_cell(model, tok, arm: str, task: str, qs: list[Problem], cfg, seed: int):
-    """All generations of one (arm, task) cell: standard, and on Countdown the budget pair."""
+    """All generations of one (arm, task) cell: standard, and on Countdown the budget pair (the
+    standard generations cut at the budget, and those forced to go on)."""
     from sf_mlx import model as model_io
 
     params = model_io.SamplingParams(cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
     prompts = [
         model_io.chat_prompt(tok, p.question) for p in qs for _ in range(cfg.samples_per_question)
     ]
-    rows = _results(arm, task, qs, model_io.generate(model, tok, prompts, params, seed))
+    standard = model_io.generate(model, tok, prompts, params, seed)
+    rows = _results(arm, task, qs, standard)
     if cfg.budget and task.startswith("countdown"):
-        at_budget = model_io.generate(
-            model, tok, prompts, replace(params, max_tokens=cfg.budget), seed + 7
-        )
-        forced = force_budget(model, tok, prompts, params, cfg.budget, seed + 7)
+        at_budget = [cut_at_budget(tok, g, cfg.budget) for g in standard]
+        forced = force_budget(model, tok, prompts, at_budget, params, cfg.budget, seed + 7)
         rows += _results(arm, task, qs, at_budget, cfg.budget, False)
         rows += _results(arm, task, qs, forced, cfg.budget, True)
     return rows
