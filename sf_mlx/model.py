@@ -39,7 +39,7 @@ class Generation:
     tokens: list[int]
     text: str
     # log-probability of each sampled token: log-softmax of the logits after logits processors
-    # (repetition penalty), before temperature / top-p / top-k
+    # (repetition penalty) and temperature, before top-p / top-k (temperature 0: before it)
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS) or "length"
 
@@ -157,6 +157,10 @@ def _generate(gen, tokenizer, prompts: list[list[int]], params: SamplingParams) 
             kept = [r for r in responses if r.finish_reason != "stop"]  # EOS is not in the text
             if kept:
                 rows = mx.stack([r.logprobs for r in kept])  # (B, V)
+                if params.temperature > 0 and params.temperature != 1.0:
+                    # the distribution actually sampled from: log-softmax(logits / T)
+                    rows = rows / params.temperature
+                    rows = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
                 picked = mx.array([r.token for r in kept])[:, None]  # (B, 1)
                 pending.append(
                     ([r.uid for r in kept], mx.take_along_axis(rows, picked, axis=-1)[:, 0])

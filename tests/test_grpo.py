@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 import pytest
 
@@ -161,6 +162,19 @@ def test_grpo_learns_a_toy_verifiable_reward(tiny_model_dir, tmp_path):
     )
     first, last = np.mean(history[:5]), np.mean(history[-5:])
     assert last > first + 0.25, f"mean reward did not rise: first 5 steps {first}, last 5 {last}"
+
+
+def test_sampler_and_training_log_probs_agree_at_the_rollout_temperature(tiny_model_dir):
+    """The rollout's recorded log-probs are those of the distribution it sampled from, so the
+    training forward pass reproduces them up to float error at any temperature."""
+    m, tok, problems, reward, cfg = _toy_setup(tiny_model_dir)
+    cfg = replace(cfg, temperature=0.7)
+    batch = grpo.collect_rollouts(
+        m, tok, problems, lambda p: p.question, reward, [0, 1, 2, 3], cfg, seed=0, step=1
+    )
+    opt = optim.Adam(learning_rate=0.0)
+    gap = grpo.policy_update(m, opt, batch, tok.pad_token_id or 0, cfg)["logprob_gap"]
+    assert 0.0 <= gap < 1e-3, f"sampler and training log-probs differ by {gap}"
 
 
 @pytest.mark.slow

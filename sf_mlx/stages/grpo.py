@@ -19,8 +19,8 @@ One step, exactly:
 Departures from the textbook, all deliberate:
 - logp_old is recomputed with the training forward pass (same weights as at sampling) instead of
   reusing the sampler's incremental-decode log-probs, so the first pass has ratio exactly 1; the
-  sampler's log-probs are only compared, as `grpo/logprob_gap` (float error; larger when the
-  rollout temperature is not 1, since the policy log-probs divide the logits by it).
+  sampler's log-probs (at the same temperature) are only compared, as `grpo/logprob_gap`
+  (float error between incremental decoding and the full forward pass).
 - The EOS token that ended a completion is part of the action and of the loss.
 """
 
