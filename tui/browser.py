@@ -81,8 +81,7 @@ class BrowserScreen(RunScreen):
 
     def _read(self, kind: str, facets: dict[str, str] | None, reload: bool = False):
         """A worker's job: ask the reader for `kind` under the current grade and search."""
-        grade = str(self.query_one("#grade", Select).value)
-        query = self.query_one("#search", Input).value
+        grade, _, query = self.filters()
         reader = self.app.reader  # type: ignore[attr-defined]
         run = str(self.run.path)
         return lambda: reader.page(run, kind, grade, facets, query, MAX_ROWS, reload)

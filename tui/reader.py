@@ -39,7 +39,9 @@ class RecordStore:
         limit: int = 1000,
         reload: bool = False,
     ) -> Page:
-        if reload:  # read every kind of this run again
+        """The first `limit` records of `kind` in the run at `run_path` passing the grade, facet
+        and search filters; `reload` reads every kind of that run from its files again."""
+        if reload:
             for key in [k for k in self._loaded if k[0] == run_path]:
                 del self._loaded[key]
         key = (run_path, kind)
@@ -65,21 +67,19 @@ def _recv(stream):
     return pickle.loads(data)  # only ever the app's own child (or the app) on the other side
 
 
-def serve(inp=None, out=None) -> None:
+def serve() -> None:
     """The child process: answer page requests on stdin until the app closes it."""
-    inp = inp or sys.stdin.buffer
-    out = out or sys.stdout.buffer
     store = RecordStore()
     while True:
         try:
-            args = _recv(inp)
+            args, kwargs = _recv(sys.stdin.buffer)
         except EOFError:
             return
         try:
-            reply = ("ok", store.page(*args))
+            reply = ("ok", store.page(*args, **kwargs))
         except Exception as e:  # noqa: BLE001 - sent back to the app as one line
             reply = ("error", f"{type(e).__name__}: {e}")
-        _send(out, reply)
+        _send(sys.stdout.buffer, reply)
 
 
 class RecordReader:
@@ -105,28 +105,19 @@ class RecordReader:
             stderr=subprocess.DEVNULL,  # never onto the app's screen; errors come back as replies
         )
 
-    def page(
-        self,
-        run_path: str,
-        kind: str,
-        grade: str = "all",
-        facets: dict[str, str] | None = None,
-        query: str = "",
-        limit: int = 1000,
-        reload: bool = False,
-    ) -> Page:
-        """The first `limit` records of `kind` matching the filters (blocks; use a worker)."""
-        args = (run_path, kind, grade, facets, query, limit, reload)
+    def page(self, *args, **kwargs) -> Page:
+        """`RecordStore.page` (same arguments), answered by the child process; blocks, so call
+        it from a worker."""
         with self._lock:
             if not self.processes:
-                return self._store.page(*args)
+                return self._store.page(*args, **kwargs)
             if self._closed:
                 raise RuntimeError("the record reader is closed")
             if self._proc is None or self._proc.poll() is not None:
                 self._proc = self._start()
             proc = self._proc
             try:
-                _send(proc.stdin, args)
+                _send(proc.stdin, (args, kwargs))
                 status, value = _recv(proc.stdout)  # waits without holding the GIL
             except (EOFError, OSError, pickle.UnpicklingError):
                 self._stop()

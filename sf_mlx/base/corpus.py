@@ -299,8 +299,6 @@ def countdown_check_response(problem: Problem, attempt: str) -> tuple[str, bool]
         for a, op, b, v in steps:
             lines.append(f"{_fmt(Fraction(a))} {op} {_fmt(Fraction(b))} = {_fmt(v)}")
         value = steps[-1][3] if steps else Fraction(used[0])
-        # Both numbers are written before the decision, so the decision is a comparison of two
-        # nearby numbers rather than a guess made before the target is written.
         same = "equal" if value == target else "not equal"
         lines.append(f"Result {_fmt(value)}, target {target}: {same}.")
     verdict = "Correct" if correct else "Incorrect"
