@@ -50,6 +50,7 @@ class CorpusConfig:
     )
     frac_check: float = 0.25  # "check this attempt" demonstrations
     frac_drill: float = 0.08  # arithmetic drill lines
+    compare_share: float = 0.0  # of the drills: result-vs-target comparisons
     frac_ood: float = 0.10  # out-of-domain attempts (multiplication, acronym)
     # Countdown attempts follow a person's strategy, "nearest first": at every step combine the
     # pair whose result is closest to the target (right on about 36% of 3-number problems, by
@@ -299,10 +300,14 @@ def countdown_check_response(problem: Problem, attempt: str) -> tuple[str, bool]
         for a, op, b, v in steps:
             lines.append(f"{_fmt(Fraction(a))} {op} {_fmt(Fraction(b))} = {_fmt(v)}")
         value = steps[-1][3] if steps else Fraction(used[0])
-        same = "equal" if value == target else "not equal"
-        lines.append(f"Result {_fmt(value)}, target {target}: {same}.")
+        lines.append(_compare_line(_fmt(value), target))
     verdict = "Correct" if correct else "Incorrect"
     return "\n".join(lines) + f"\n<verdict>{verdict}</verdict>", correct
+
+
+def _compare_line(result: str, target: int) -> str:
+    same = "equal" if result == str(target) else "not equal"
+    return f"Result {result}, target {target}: {same}."
 
 
 def _literals(expr: str) -> list[int]:
@@ -379,7 +384,33 @@ def acronym_check_response(problem: Problem, attempt: str) -> tuple[str, bool]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _compare_drill(rng: random.Random, cfg: CorpusConfig) -> Example:
+    """Result-vs-target decisions in the checks' own words, half of them equal, most of the rest
+    one digit off: a 3.5M model that saw only the checks' ~8k decisions still wrote
+    `Result 46, target 46: not equal.` in 37% of its checks (session 3)."""
+    pairs = []
+    for _ in range(rng.randint(6, 10)):
+        target = rng.randint(cfg.min_target, cfg.max_target)
+        r = rng.random()
+        if r < 0.5:
+            result = target
+        elif r < 0.85:  # one digit off, or the digits swapped
+            result = target + rng.choice([-1, 1, -2, 2, -10, 10])
+            if rng.random() < 0.2 and target % 10 and target // 10 != target % 10:
+                result = int(str(target)[::-1])
+        else:
+            result = rng.randint(0, 2 * cfg.max_target)
+        pairs.append((max(0, result), target))
+    prompt = "Compare each result with its target:\n" + "\n".join(
+        f"Result {r}, target {t}" for r, t in pairs
+    )
+    response = "\n".join(_compare_line(str(r), t) for r, t in pairs)
+    return Example("drill", "comparison", "drill", prompt, response, None)
+
+
 def _drill(rng: random.Random, cfg: CorpusConfig) -> Example:
+    if cfg.compare_share and rng.random() < cfg.compare_share:
+        return _compare_drill(rng, cfg)
     lines = []
     for _ in range(rng.randint(3, 6)):
         op = rng.choice(OPS)
