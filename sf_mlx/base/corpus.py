@@ -386,8 +386,9 @@ def acronym_check_response(problem: Problem, attempt: str) -> tuple[str, bool]:
 
 def _compare_drill(rng: random.Random, cfg: CorpusConfig) -> Example:
     """Result-vs-target decisions in the checks' own words, half of them equal, most of the rest
-    one digit off: a 3.5M model that saw only the checks' ~8k decisions still wrote
-    `Result 46, target 46: not equal.` in 37% of its checks (session 3)."""
+    one digit off or swapped. The session-3 base saw only its checks' ~8k decisions and decided
+    against the two numbers it had written in 73 of 200 checks (`Result 46, target 46: not
+    equal.`); with these drills a small model trained from scratch did so far less (README)."""
     pairs = []
     for _ in range(rng.randint(6, 10)):
         target = rng.randint(cfg.min_target, cfg.max_target)
