@@ -45,7 +45,7 @@ SIZES: dict[str, SizePreset] = {
         ),
     ),
     # The shipped default base model (sf_mlx/data/base-small): 71 min on session 3's 2 cores
-    # (matmul 210 GFLOP/s), about 2 h on session 4's (63-73 GFLOP/s; README).
+    # (matmul 210 GFLOP/s), about 2 h on session 4's (62-73 GFLOP/s; README).
     "small": SizePreset(
         shape=ModelShape(256, 4, 4, 4, 1024),
         train=TrainConfig(
