@@ -216,6 +216,38 @@ def base_build(
     typer.echo(f"model folder: {path}  (load with mlx_lm.load({str(path)!r}))")
 
 
+@base_app.command("measure")
+def base_measure(
+    model: Annotated[
+        str, typer.Argument(help="Model folder, Hub id or builtin:small.")
+    ] = "builtin:small",
+    write_card: Annotated[
+        bool, typer.Option(help="Store the numbers in the folder's metrics.json and README.md.")
+    ] = False,
+) -> None:
+    """Measure a base model's behaviour on held-out problems as `base build` does."""
+    from sf_mlx.base.build import remeasure
+    from sf_mlx.model import ModelLoadError
+
+    try:
+        b = remeasure(model, write_card=write_card, log=lambda _: None)
+    except (ValueError, ModelLoadError) as e:
+        fail(str(e))
+    for name, row in {**b["countdown"], **b["ood"]}.items():
+        typer.echo(
+            f"{name:18s} accuracy {row['accuracy']:.3f}  format {row['format']:.3f}  n {row['n']}"
+        )
+    for key in ("verdict", "verdict_own_samples"):
+        if key in b:
+            v = b[key]
+            typer.echo(
+                f"{key:18s} agreement {v['agreement']:.3f} (correct {v['agreement_correct']:.3f},"
+                f" wrong {v['agreement_incorrect']:.3f}; decision follows the numbers"
+                f" {v['decision_follows_numbers']:.3f} of {v['decision_lines']}) n {v['n']}"
+            )
+    typer.echo(f"skill tags        {b['skill_tag_rate']:.4f}")
+
+
 @app.command("recipes")
 def recipes() -> None:
     """List the recipes in recipes/ with their one-line description."""

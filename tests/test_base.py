@@ -220,3 +220,51 @@ def test_rebuilding_small_reproduces_the_shipped_first_losses(tmp_path):
     assert rebuilt_vocab == shipped_vocab
     losses = json.loads((out / "metrics.json").read_text())["first_losses"]
     assert losses == pytest.approx(card["first_losses"][:2], rel=1e-3)
+
+
+def test_decision_follows_numbers_reads_the_last_decision_line():
+    from sf_mlx.base.behaviour import decision_follows_numbers
+
+    assert decision_follows_numbers("Result 46, target 46: equal.\n<verdict>Correct") is True
+    assert decision_follows_numbers("Result 46, target 46: not equal.") is False
+    assert decision_follows_numbers("Result 45, target 46: not equal.") is True
+    assert decision_follows_numbers("Result 7/2, target 46: equal.") is False
+    # a model that wrote two decision lines is judged on its last one
+    two = "Result 45, target 46: not equal.\nResult 12, target 21: equal."
+    assert decision_follows_numbers(two) is False
+    assert decision_follows_numbers("There is no final answer to check.") is None
+    assert decision_follows_numbers("Result 46, target 46: maybe.") is None
+
+
+def test_base_measure_writes_the_card_and_repeats_its_numbers(tiny_model_dir, tmp_path):
+    """`sf-mlx base measure --write-card` stores the behaviour (decisions included) in the
+    folder's card; measuring again gives the same numbers (same problems, same seed)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from sf_mlx.base.build import remeasure
+    from sf_mlx.cli import app
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = (folder / "model.safetensors").read_bytes()
+    res = CliRunner().invoke(app, ["base", "measure", str(folder), "--write-card"])
+    assert res.exit_code == 0, res.output
+    assert "countdown-3" in res.output and "decision follows the numbers" in res.output
+    card = json.loads((folder / "metrics.json").read_text())
+    v = card["behaviour"]["verdict"]
+    assert v["n"] == 20 and 0 <= v["decision_lines"] <= v["n"]
+    assert 0.0 <= v["decision_follows_numbers"] <= 1.0
+    assert "Verdict agreement with the checker" in (folder / "README.md").read_text()
+    assert (folder / "model.safetensors").read_bytes() == weights
+    assert remeasure(str(folder), log=lambda _: None) == card["behaviour"]
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / "metrics.json").unlink()
+    res = CliRunner().invoke(app, ["base", "measure", str(bare), "--write-card"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        f"error: {bare}: no metrics.json, so there is no model card to update"
+    ]

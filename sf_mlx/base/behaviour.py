@@ -2,12 +2,15 @@
 
 Countdown accuracy and answer format for 2..6 numbers and the out-of-domain tasks, verdict
 agreement with the checker on balanced held-out attempts, and how often a response already
-contains SkillFactory's `<sample>` / `<reflect>` tags (it should not).
+contains SkillFactory's `<sample>` / `<reflect>` tags (it should not). For the checks it also
+counts how often the decision (`Result 46, target 46: equal.`) follows the two numbers the model
+itself wrote, which separates a wrong decision from a wrong recomputation.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 
 from sf_mlx import model as model_io
@@ -17,6 +20,17 @@ from sf_mlx.records import Problem
 from sf_mlx.tasks import grade, heldout_problems
 
 SKILL_TAGS = ("<sample>", "<reflect>")
+_DECISION = re.compile(r"Result (-?[\d/]+), target (-?\d+): (equal|not equal)\.")
+
+
+def decision_follows_numbers(check: str) -> bool | None:
+    """Whether a check's last decision line agrees with the two numbers written in it (None when
+    the check has no decision line). The model's text is parsed, never evaluated."""
+    found = _DECISION.findall(check)
+    if not found:
+        return None
+    result, target, said = found[-1]
+    return (said == "equal") == (result == target)
 
 
 def _run(m, tok, problems: list[Problem], prompts: list[str], params, seed: int):
@@ -42,8 +56,11 @@ def measure(
     seed: int,
     temperature: float = 0.7,
     log: Callable[[str], None] = print,
+    cfg: CorpusConfig | None = None,
 ) -> dict:
-    cfg = CorpusConfig()
+    """`cfg`: the corpus settings the model was built with; its number ranges and noisy solver
+    make the held-out problems and attempts (the defaults' when not given)."""
+    cfg = cfg or CorpusConfig()
     m, tok = model_io.load(model_path)
     params = model_io.SamplingParams(max_tokens=320, temperature=temperature)
     ranges = dict(
@@ -102,6 +119,7 @@ def _verdicts(m, tok, attempts: list[tuple[Problem, str, bool]], params, seed: i
     prompts = [reflection_prompt(p.question, text) for p, text, _ in attempts]
     gens = _run(m, tok, [a[0] for a in attempts], prompts, params, seed)
     verdicts = [parse_verdict(g.text) for g in gens]
+    decisions = [d for d in (decision_follows_numbers(g.text) for g in gens) if d is not None]
     agree = [
         (v == "correct") == c and v is not None
         for v, (_, _, c) in zip(verdicts, attempts, strict=True)
@@ -116,4 +134,6 @@ def _verdicts(m, tok, attempts: list[tuple[Problem, str, bool]], params, seed: i
         "agreement_correct": sum(by[True]) / max(1, len(by[True])),
         "agreement_incorrect": sum(by[False]) / max(1, len(by[False])),
         "parsed": sum(v is not None for v in verdicts) / max(1, len(verdicts)),
+        "decision_lines": len(decisions),
+        "decision_follows_numbers": sum(decisions) / max(1, len(decisions)),
     }

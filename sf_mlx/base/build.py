@@ -202,7 +202,9 @@ def build(
     behaviour = None
     if measure_behaviour:
         log("measuring behaviour on held-out problems ...")
-        behaviour = measure(str(staging), preset.eval_problems, seed=seed + 1000, log=log)
+        behaviour = measure(
+            str(staging), preset.eval_problems, seed=seed + 1000, log=log, cfg=preset.corpus
+        )
     card = {
         "command": command or f"sf-mlx base build --size {size} --seed {seed}",
         "size": size,
@@ -228,6 +230,33 @@ def build(
     staging.rename(out)
     log(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
     return out
+
+
+def remeasure(model: str, write_card: bool = False, log=print) -> dict:
+    """Measure a base model folder again with the settings its build used (same problems, same
+    seed, so the same numbers on the same machine); with `write_card`, store the result in the
+    folder's metrics.json and README.md. Any model works without `write_card`."""
+    from sf_mlx import model as model_io
+    from sf_mlx.base.behaviour import measure
+
+    path = Path(model_io.resolve_model_path(model))
+    card_path = path / "metrics.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else None
+    if write_card and card is None:
+        raise ValueError(f"{path}: no metrics.json, so there is no model card to update")
+    size = card["size"] if card else "small"
+    seed = card["seed"] if card else 0
+    cfg = SIZES[size].corpus
+    if card:  # the held-out attempts come from the solver the model was built with
+        saved = dict(card["corpus_config"])
+        saved["countdown_args"] = {int(k): v for k, v in saved["countdown_args"].items()}
+        cfg = replace(CorpusConfig(), **saved)
+    behaviour = measure(str(model), SIZES[size].eval_problems, seed=seed + 1000, log=log, cfg=cfg)
+    if write_card:
+        card["behaviour"] = behaviour
+        (path / "metrics.json").write_text(json.dumps(card, indent=2))
+        (path / "README.md").write_text(model_card(card))
+    return behaviour
 
 
 def _steps_for_minutes(model, tokens, mask, cfg: TrainConfig, minutes: float) -> int:
@@ -266,6 +295,13 @@ def model_card(card: dict) -> str:
         f"| {k} | {v['accuracy']:.3f} | {v['format']:.3f} | {v['n']} |" for k, v in b["ood"].items()
     )
     v = b["verdict"]
+    decisions = ""
+    if "decision_follows_numbers" in v:
+        decisions = (
+            f"\nIn {v['decision_lines']} of these checks it wrote a decision line"
+            " (`Result 46, target 46: equal.`);\nthe decision follows the two numbers written"
+            f" in {v['decision_follows_numbers']:.3f} of them."
+        )
     t = card["train"]
     return f"""# sf-mlx built-in base model ({card["size"]})
 
@@ -293,7 +329,7 @@ by a reflection and a retry in one response: SkillFactory's stages must create t
 
 Verdict agreement with the checker on balanced held-out attempts: {v["agreement"]:.3f}
 (n={v["n"]}; on correct attempts {v["agreement_correct"]:.3f}, on wrong
-{v["agreement_incorrect"]:.3f}; verdict parsed in {v["parsed"]:.3f}).
+{v["agreement_incorrect"]:.3f}; verdict parsed in {v["parsed"]:.3f}).{decisions}
 Responses containing `<sample>` or `<reflect>`: {b["skill_tag_rate"]:.4f}.
 
 Full numbers: `metrics.json`. Rebuild and compare: `{card["command"]}`.
