@@ -242,19 +242,19 @@ def remeasure(model: str, write_card: bool = False, log=print) -> dict:
     path = Path(model_io.resolve_model_path(model))
     card_path = path / "metrics.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else None
-    if write_card and card is None:
-        raise ValueError(f"{path}: no metrics.json, so there is no model card to update")
-    size = card["size"] if card else "small"
-    seed = card["seed"] if card else 0
-    cfg = SIZES[size].corpus
     if card:  # the held-out attempts come from the solver the model was built with
+        size, seed = card["size"], card["seed"]
         saved = dict(card["corpus_config"])
         saved["countdown_args"] = {int(k): v for k, v in saved["countdown_args"].items()}
-        cfg = replace(CorpusConfig(), **saved)
+        cfg = CorpusConfig(**saved)
+    elif write_card:
+        raise ValueError(f"{path}: no metrics.json, so there is no model card to update")
+    else:
+        size, seed, cfg = "small", 0, SIZES["small"].corpus
     behaviour = measure(str(model), SIZES[size].eval_problems, seed=seed + 1000, log=log, cfg=cfg)
     if write_card:
         card["behaviour"] = behaviour
-        (path / "metrics.json").write_text(json.dumps(card, indent=2))
+        card_path.write_text(json.dumps(card, indent=2))
         (path / "README.md").write_text(model_card(card))
     return behaviour
 
