@@ -19,6 +19,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
+from sf_mlx.base.corpus_ood import (
+    acronym_attempt,
+    acronym_check_response,
+    multiplication_attempt,
+    multiplication_check_response,
+)
 from sf_mlx.prompts import VARIANTS, reflection_prompt, variant_prompt
 from sf_mlx.records import Problem
 from sf_mlx.tasks import count_answers, get_task, grade, heldout
@@ -314,71 +320,6 @@ def _literals(expr: str) -> list[int]:
     import re
 
     return [int(t) for t in re.findall(r"\d+", expr)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Out-of-domain: long multiplication and acronyms.
-
-
-def multiplication_attempt(rng: random.Random, problem: Problem, style: str, cfg: CorpusConfig):
-    a, b = problem.data["a"], problem.data["b"]
-    parts = []
-    for k, digit in enumerate(reversed(str(b))):
-        if digit != "0":
-            parts.append((a, int(digit) * 10**k))
-    lines = [f"Step {i}: {a} * {m} = {a * m}" for i, (a, m) in enumerate(parts, 1)]
-    total = a * b
-    if rng.random() >= cfg.p_correct:  # a slipped digit in one partial product or the sum
-        total += rng.choice([1, -1, 10, -10, 100, 1000]) * rng.randint(1, 9)
-        total = abs(total)
-    lines.append(f"Step {len(parts) + 1}: add them up: {total}")
-    body = "\n".join(lines)
-    if style == "plan_and_execute":
-        body = f"Plan: multiply {a} by each digit of {b}, then add the parts.\nExecution:\n{body}"
-    elif style == "rephrase":
-        body = f"Rewritten Question: What is {a} times {b}?\n{body}"
-    elif style == "alternatively":
-        body = f"{a} * {b} is about {round(a * b, -len(str(a * b)) + 2)}.\nAlternatively, {body}"
-    response = f"{body}\n<answer>{total}</answer>"
-    return response, grade(problem, response)[1]
-
-
-def multiplication_check_response(problem: Problem, attempt: str) -> tuple[str, bool]:
-    extracted, correct = grade(problem, attempt)
-    if extracted is None:
-        return "There is no final answer to check.\n<verdict>Incorrect</verdict>", False
-    a, b = problem.data["a"], problem.data["b"]
-    same = "matches" if correct else "does not match"
-    text = f"{a} * {b} = {a * b}. The answer {extracted} {same}."
-    return f"{text}\n<verdict>{'Correct' if correct else 'Incorrect'}</verdict>", correct
-
-
-def acronym_attempt(rng: random.Random, problem: Problem, style: str, cfg: CorpusConfig):
-    words = problem.data["words"]
-    letters = [w[0] for w in words]
-    if rng.random() >= cfg.p_correct:  # a misread letter
-        k = rng.randrange(len(letters))
-        letters[k] = rng.choice("abcdefghijklmnoprstuw")
-    answer = "".join(letters)
-    body = f"First letters: {', '.join(letters)}."
-    if style == "plan_and_execute":
-        body = f"Plan: take the first letter of each word and join them.\nExecution:\n{body}"
-    elif style == "rephrase":
-        body = f"Rewritten Question: Join the first letters of {', '.join(words)}.\n{body}"
-    elif style == "alternatively":
-        body = f"{body}\nAlternatively, read them together: {answer}."
-    response = f"{body}\n<answer>{answer}</answer>"
-    return response, grade(problem, response)[1]
-
-
-def acronym_check_response(problem: Problem, attempt: str) -> tuple[str, bool]:
-    extracted, correct = grade(problem, attempt)
-    if extracted is None:
-        return "There is no final answer to check.\n<verdict>Incorrect</verdict>", False
-    letters = "".join(w[0] for w in problem.data["words"])
-    same = "matches" if correct else "does not match"
-    text = f"The first letters spell {letters}. The answer {extracted} {same}."
-    return f"{text}\n<verdict>{'Correct' if correct else 'Incorrect'}</verdict>", correct
 
 
 # ---------------------------------------------------------------------------------------------
