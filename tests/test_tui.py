@@ -50,10 +50,31 @@ async def settle(pilot) -> None:
     for _ in range(50):
         await app.workers.wait_for_complete()
         await pilot.pause()
-        if not any(getattr(s, "busy", False) for s in app.screen_stack):
+        if not any(getattr(s, "busy", False) for s in app.screen_stack) and not tables_pending(app):
             await pilot.pause()
             return
     raise AssertionError("workers did not settle")
+
+
+def tables_pending(app) -> bool:
+    """A DataTable measures new rows' column widths on its next idle (Textual internals, read
+    defensively): until then it draws every column at its label's width."""
+    return any(
+        getattr(t, "_require_update_dimensions", False) or getattr(t, "_updated_cells", None)
+        for t in app.screen.query(DataTable)
+    )
+
+
+async def steady_screen(pilot, tries: int = 40) -> str:
+    """The screenshot once two taken 50 ms apart agree (drawing has caught up with the data)."""
+    last = pilot.app.export_screenshot()
+    for _ in range(tries):
+        await pilot.pause(0.05)
+        now = pilot.app.export_screenshot()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the screen kept changing")
 
 
 def rows(table: DataTable) -> list[list[str]]:
@@ -87,6 +108,29 @@ async def test_runs_screen_lists_every_run():
         assert isinstance(app.screen, LiveScreen) and app.screen.run.name == "mid-grpo"
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen)
+
+
+@pytest.mark.anyio
+async def test_runs_screen_keeps_its_table_when_a_poll_finds_nothing_new(tmp_path):
+    shutil.copytree(RUNS, tmp_path / "runs")
+    app = make_app(tmp_path / "runs")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        table = screen.query_one("#runs", DataTable)
+        await pilot.press("down")
+        cleared = []
+        clear = table.clear
+        table.clear = lambda *a, **k: (cleared.append(1), clear(*a, **k))[1]
+        screen.poll()
+        await settle(pilot)
+        assert cleared == [] and table.cursor_row == 1
+        status = RunDir(tmp_path / "runs" / "mid-grpo").status
+        status.write_text(status.read_text().replace('"step": 2', '"step": 3'))
+        screen.poll()
+        await settle(pilot)
+        assert cleared == [1] and table.cursor_row == 1
+        assert rows(table)[1][4] == "3"
 
 
 @pytest.mark.anyio
@@ -407,14 +451,42 @@ SNAPSHOTS = {  # screen: (path, keys pressed after the first load)
 }
 
 
+def screen_text(svg: str) -> list[str]:
+    """The characters of a Textual SVG screenshot, line by line (for a readable diff)."""
+    import html
+    import re
+
+    lines: dict[float, list[tuple[float, str]]] = {}
+    for m in re.finditer(r'<text class="[^"]*" x="([\d.]+)" y="([\d.]+)"[^>]*>(.*?)</text>', svg):
+        lines.setdefault(float(m[2]), []).append((float(m[1]), html.unescape(m[3])))
+    return [
+        "".join(t for _, t in sorted(ts)).replace("\xa0", " ").rstrip()
+        for _, ts in sorted(lines.items())
+    ]
+
+
 @pytest.mark.parametrize("screen", list(SNAPSHOTS))
 def test_snapshot(snap_compare, in_fixtures, screen):
     path, keys = SNAPSHOTS[screen]
+    seen: list[str] = []
 
     async def before(pilot):
         await settle(pilot)
         for key in keys:
             await pilot.press(key)
             await settle(pilot)
+        seen.append(await steady_screen(pilot))
 
-    assert snap_compare(make_app(path), terminal_size=SIZE, run_before=before)
+    # no timed re-poll during the screenshot: what it shows must not depend on the machine's speed
+    app = make_app(path, poll_scale=1000.0)
+    if not snap_compare(app, terminal_size=SIZE, run_before=before):
+        stored = (
+            Path(__file__).parent / "__snapshots__" / "test_tui" / f"test_snapshot[{screen}].svg"
+        )
+        expected = screen_text(stored.read_text()) if stored.exists() else []
+        import difflib
+
+        diff = "\n".join(
+            difflib.unified_diff(expected, screen_text(seen[-1]), "stored", "seen", lineterm="")
+        )
+        pytest.fail(f"{screen} screen differs from its snapshot:\n{diff or '(styles only)'}")

@@ -57,6 +57,7 @@ class RunsScreen(WorkerScreen):
         self.path = path
         self.snapshots: list[Snapshot] = []
         self.loaded = False
+        self._shown: list[tuple[str, tuple[str, ...]]] | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -79,23 +80,18 @@ class RunsScreen(WorkerScreen):
     def apply(self, snapshots: list[Snapshot]) -> None:
         self.snapshots = snapshots
         self.loaded = True
+        for snap in snapshots:
+            self.report(snap.errors)
+        rows = [(str(snap.path), self.row(snap)) for snap in snapshots]
+        shown = [(key, tuple(str(c) for c in cells)) for key, cells in rows]  # styles follow text
+        if shown == self._shown:  # nothing changed: keep the table (cursor, scroll) as it is
+            return
+        self._shown = shown
         table = self.query_one(DataTable)
         row = table.cursor_row
         table.clear()
-        for snap in snapshots:
-            self.report(snap.errors)
-            status = snap.status or {}
-            step = status.get("step")
-            table.add_row(
-                Text(snap.name, "bold"),
-                snap.recipe.name,
-                str(status.get("stage") or "-"),
-                state_text(snap.state),
-                "-" if step is None else str(step),
-                fmt_seconds(snap.elapsed),
-                key_numbers(snap),
-                key=str(snap.path),
-            )
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
         if snapshots:
             table.move_cursor(row=min(row, len(snapshots) - 1))
         where = self.query_one("#runs-where", Static)
@@ -103,6 +99,21 @@ class RunsScreen(WorkerScreen):
             where.update(f"{len(snapshots)} run(s) in {self.path} · enter opens one")
         else:
             where.update(f"no runs in {self.path} yet (a run has recipe.yaml or status.json)")
+
+    @staticmethod
+    def row(snap: Snapshot) -> tuple[Text | str, ...]:
+        """One table row: run, recipe, stage, state, step, elapsed, numbers."""
+        status = snap.status or {}
+        step = status.get("step")
+        return (
+            Text(snap.name, "bold"),
+            snap.recipe.name,
+            str(status.get("stage") or "-"),
+            state_text(snap.state),
+            "-" if step is None else str(step),
+            fmt_seconds(snap.elapsed),
+            key_numbers(snap),
+        )
 
     def action_open(self) -> None:
         table = self.query_one(DataTable)
