@@ -248,6 +248,33 @@ def base_measure(
     typer.echo(f"skill tags        {b['skill_tag_rate']:.4f}")
 
 
+@base_app.command("verdicts")
+def base_verdicts(
+    model: Annotated[
+        str, typer.Argument(help="Model folder, Hub id or builtin:small.")
+    ] = "builtin:small",
+    attempts: Annotated[
+        int, typer.Option(help="Balanced held-out attempts to check (even; the card uses 200).")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Chooses the set of attempts and the sampling.")] = 1,
+) -> None:
+    """Verdict agreement on many balanced held-out attempts, with a 95% interval."""
+    from sf_mlx.base.build import reverdict
+    from sf_mlx.model import ModelLoadError
+
+    try:
+        v = reverdict(model, attempts, seed)
+    except (ValueError, ModelLoadError) as e:
+        fail(str(e))
+    low, high = v["interval95"]
+    typer.echo(
+        f"verdict agreement {v['agreement']:.3f} [{low:.3f}, {high:.3f}] on {v['n']} attempts"
+        f" (correct {v['agreement_correct']:.3f}, wrong {v['agreement_incorrect']:.3f});"
+        f" decision follows the numbers {v['decision_follows_numbers']:.3f}"
+        f" of {v['decision_lines']}; verdict parsed {v['parsed']:.3f}"
+    )
+
+
 @app.command("recipes")
 def recipes() -> None:
     """List the recipes in recipes/ with their one-line description."""

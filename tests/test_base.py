@@ -268,3 +268,29 @@ def test_base_measure_writes_the_card_and_repeats_its_numbers(tiny_model_dir, tm
     assert res.output.strip().splitlines() == [
         f"error: {bare}: no metrics.json, so there is no model card to update"
     ]
+
+
+def test_base_verdicts_checks_a_balanced_set_and_repeats_for_its_seed(tiny_model_dir):
+    """`sf-mlx base verdicts` checks N balanced held-out attempts from the build's solver and
+    prints agreement with a 95% interval; the same seed gives the same line, bad N one error."""
+    from typer.testing import CliRunner
+
+    from sf_mlx.base.behaviour import balanced_attempts, wilson_interval
+    from sf_mlx.base.build import SIZES
+    from sf_mlx.cli import app
+
+    cfg = SIZES["tiny"].corpus
+    attempts = balanced_attempts(30, 3, cfg)
+    assert len(attempts) == 30 and sum(c for _, _, c in attempts) == 15
+    assert attempts == balanced_attempts(30, 3, cfg) != balanced_attempts(30, 4, cfg)
+    assert wilson_interval(65, 100) == pytest.approx((0.5526, 0.7364), abs=5e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+
+    args = ["base", "verdicts", str(tiny_model_dir), "--attempts", "12", "--seed", "3"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("verdict agreement ") and "on 12 attempts" in first.output
+    assert CliRunner().invoke(app, args).output == first.output
+    bad = CliRunner().invoke(app, [*args[:3], "--attempts", "7"])
+    assert bad.exit_code == 2
+    assert bad.output.strip() == "error: attempts 7: expected an even number of at least 2"

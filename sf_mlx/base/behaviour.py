@@ -33,6 +33,16 @@ def decision_follows_numbers(check: str) -> bool | None:
     return (said == "equal") == (result == target)
 
 
+def _ranges(cfg: CorpusConfig) -> dict:
+    """The held-out problems use the number ranges the model was built with."""
+    return dict(
+        min_number=cfg.min_number,
+        max_number=cfg.max_number,
+        min_target=cfg.min_target,
+        max_target=cfg.max_target,
+    )
+
+
 def _run(m, tok, problems: list[Problem], prompts: list[str], params, seed: int):
     ids = [model_io.chat_prompt(tok, p) for p in prompts]
     gens = model_io.generate(m, tok, ids, params, seed=seed, batch_size=64)
@@ -63,12 +73,7 @@ def measure(
     cfg = cfg or CorpusConfig()
     m, tok = model_io.load(model_path)
     params = model_io.SamplingParams(max_tokens=320, temperature=temperature)
-    ranges = dict(
-        min_number=cfg.min_number,
-        max_number=cfg.max_number,
-        min_target=cfg.min_target,
-        max_target=cfg.max_target,
-    )
+    ranges = _ranges(cfg)
     out: dict = {"temperature": temperature, "countdown": {}, "ood": {}}
     texts: list[str] = []
     own: list[tuple[Problem, str, bool]] = []
@@ -93,17 +98,7 @@ def measure(
         log(f"  {label}: {out['ood'][label]}")
     out["skill_tag_rate"] = sum(any(t in x for t in SKILL_TAGS) for x in texts) / len(texts)
 
-    # Verdicts on balanced held-out attempts written by the corpus' noisy solver.
-    rng = random.Random(seed)
-    probs = heldout_problems("countdown", 4 * n, seed + 99, num_args=3, **ranges)
-    attempts: list[tuple[Problem, str, bool]] = []
-    want = {True: n // 2, False: n // 2}
-    for p in probs:
-        text, correct = countdown_attempt_example(rng, p, rng.choice(["original", "rephrase"]), cfg)
-        if want[correct] > 0:
-            want[correct] -= 1
-            attempts.append((p, text, correct))
-    out["verdict"] = _verdicts(m, tok, attempts, params, seed)
+    out["verdict"] = _verdicts(m, tok, balanced_attempts(n, seed, cfg), params, seed)
     log(f"  verdict (balanced held-out attempts): {out['verdict']}")
     # ... and on its own Countdown-3 samples, balanced by subsampling the larger class.
     right = [a for a in own if a[2]]
@@ -113,6 +108,46 @@ def measure(
         out["verdict_own_samples"] = _verdicts(m, tok, right[:k] + wrong[:k], params, seed + 1)
         log(f"  verdict (own samples, balanced): {out['verdict_own_samples']}")
     return out
+
+
+def balanced_attempts(n: int, seed: int, cfg: CorpusConfig) -> list[tuple[Problem, str, bool]]:
+    """`n` held-out Countdown-3 attempts by the corpus' noisy solver, half of them correct, as
+    (problem, attempt, correct); deterministic for `seed` and `cfg`."""
+    ranges = _ranges(cfg)
+    rng = random.Random(seed)
+    probs = heldout_problems("countdown", 4 * n, seed + 99, num_args=3, **ranges)
+    attempts: list[tuple[Problem, str, bool]] = []
+    want = {True: n // 2, False: n // 2}
+    for p in probs:
+        text, correct = countdown_attempt_example(rng, p, rng.choice(["original", "rephrase"]), cfg)
+        if want[correct] > 0:
+            want[correct] -= 1
+            attempts.append((p, text, correct))
+    return attempts
+
+
+def verdict_agreement(
+    model_path: str, n: int, seed: int, cfg: CorpusConfig, temperature: float = 0.7
+) -> dict:
+    """Verdict agreement on `n` balanced held-out attempts (a set chosen by `seed`), with a 95%
+    Wilson interval: the card's 200 attempts leave about +-7 points of noise, 1,000 about +-3."""
+    if n < 2 or n % 2:
+        raise ValueError(f"attempts {n}: expected an even number of at least 2")
+    m, tok = model_io.load(model_path)
+    params = model_io.SamplingParams(max_tokens=320, temperature=temperature)
+    out = _verdicts(m, tok, balanced_attempts(n, seed, cfg), params, seed)
+    out["interval95"] = wilson_interval(round(out["agreement"] * out["n"]), out["n"])
+    return out
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k / n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
 
 
 def _verdicts(m, tok, attempts: list[tuple[Problem, str, bool]], params, seed: int) -> dict:

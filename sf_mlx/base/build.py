@@ -241,22 +241,45 @@ def remeasure(model: str, write_card: bool = False, log=print) -> dict:
 
     path = Path(model_io.resolve_model_path(model))
     card_path = path / "metrics.json"
-    card = json.loads(card_path.read_text()) if card_path.exists() else None
-    if card:  # the held-out attempts come from the solver the model was built with
+    card = _card(path)
+    if card:
         size, seed = card["size"], card["seed"]
-        saved = dict(card["corpus_config"])
-        saved["countdown_args"] = {int(k): v for k, v in saved["countdown_args"].items()}
-        cfg = CorpusConfig(**saved)
     elif write_card:
         raise ValueError(f"{path}: no metrics.json, so there is no model card to update")
     else:
-        size, seed, cfg = "small", 0, SIZES["small"].corpus
+        size, seed = "small", 0
+    cfg = _built_with(card)
     behaviour = measure(str(model), SIZES[size].eval_problems, seed=seed + 1000, log=log, cfg=cfg)
     if write_card:
         card["behaviour"] = behaviour
         card_path.write_text(json.dumps(card, indent=2))
         (path / "README.md").write_text(model_card(card))
     return behaviour
+
+
+def reverdict(model: str, attempts: int, seed: int) -> dict:
+    """Verdict agreement of a base model on `attempts` balanced held-out attempts from the solver
+    it was built with (the card's settings; the `small` defaults for a folder without a card),
+    a fresh set for each `seed`. Larger than the card's 200, for comparing builds."""
+    from sf_mlx import model as model_io
+    from sf_mlx.base.behaviour import verdict_agreement
+
+    path = Path(model_io.resolve_model_path(model))
+    return verdict_agreement(str(model), attempts, seed, _built_with(_card(path)))
+
+
+def _card(path: Path) -> dict | None:
+    card_path = path / "metrics.json"
+    return json.loads(card_path.read_text()) if card_path.exists() else None
+
+
+def _built_with(card: dict | None) -> CorpusConfig:
+    """The corpus settings a card records (held-out attempts come from that solver)."""
+    if not card:
+        return SIZES["small"].corpus
+    saved = dict(card["corpus_config"])
+    saved["countdown_args"] = {int(k): v for k, v in saved["countdown_args"].items()}
+    return CorpusConfig(**saved)
 
 
 def _steps_for_minutes(model, tokens, mask, cfg: TrainConfig, minutes: float) -> int:
