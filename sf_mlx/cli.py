@@ -182,7 +182,7 @@ def bench_tui(
 @base_app.command("build")
 def base_build(
     size: Annotated[
-        str, typer.Option(help="tiny (tests, about a minute) or small (the shipped base, 1-2 h).")
+        str, typer.Option(help="tiny (tests, about a minute) or small (the shipped base, 1-3 h).")
     ] = "small",
     out: Annotated[Path | None, typer.Option(help="Output model folder.")] = None,
     work_dir: Annotated[
