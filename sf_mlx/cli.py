@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from sf_mlx.cli_base import base_app
+
 app = typer.Typer(
     help="SkillFactory on one machine: self-sampled silver traces, SFT and GRPO with MLX.",
     no_args_is_help=True,
@@ -19,7 +21,6 @@ app = typer.Typer(
 )
 tasks_app = typer.Typer(help="The task suite: generate problems, see reference solutions.")
 bench_app = typer.Typer(help="Benchmarks that print ratios measured in one run on this machine.")
-base_app = typer.Typer(help="The built-in base model (a small weak instruct model sf-mlx trains).")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(bench_app, name="bench")
 app.add_typer(base_app, name="base")
@@ -177,102 +178,6 @@ def bench_tui(
     if rollouts < 1:
         fail(f"--rollouts {rollouts}: expected at least 1")
     run(rollouts)
-
-
-@base_app.command("build")
-def base_build(
-    size: Annotated[
-        str, typer.Option(help="tiny (tests, about a minute) or small (the shipped base, 1-3 h).")
-    ] = "small",
-    out: Annotated[Path | None, typer.Option(help="Output model folder.")] = None,
-    work_dir: Annotated[
-        Path | None, typer.Option(help="Checkpoints and caches (resume from here).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of corpus, initial weights and data order.")] = 0,
-    minutes: Annotated[
-        float | None, typer.Option(help="Train for about this long (sets the step count).")
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help="Train this many steps.")] = None,
-    stop_at: Annotated[
-        int | None, typer.Option(help="Stop after this step, keeping the schedule of --steps.")
-    ] = None,
-) -> None:
-    """Generate the corpus, train, measure and write a base model folder (resumable)."""
-    from sf_mlx.base.build import SIZES, build
-
-    if size not in SIZES:
-        fail(f"--size {size!r}: expected one of {', '.join(SIZES)}")
-    command = "sf-mlx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sf-mlx") else ""
-    path = build(
-        size,
-        out=out,
-        work=work_dir,
-        seed=seed,
-        minutes=minutes,
-        steps=steps,
-        stop_at=stop_at,
-        command=command,
-    )
-    typer.echo(f"model folder: {path}  (load with mlx_lm.load({str(path)!r}))")
-
-
-@base_app.command("measure")
-def base_measure(
-    model: Annotated[
-        str, typer.Argument(help="Model folder, Hub id or builtin:small.")
-    ] = "builtin:small",
-    write_card: Annotated[
-        bool, typer.Option(help="Store the numbers in the folder's metrics.json and README.md.")
-    ] = False,
-) -> None:
-    """Measure a base model's behaviour on held-out problems as `base build` does."""
-    from sf_mlx.base.build import remeasure
-    from sf_mlx.model import ModelLoadError
-
-    try:
-        b = remeasure(model, write_card=write_card, log=lambda _: None)
-    except (ValueError, ModelLoadError) as e:
-        fail(str(e))
-    for name, row in {**b["countdown"], **b["ood"]}.items():
-        typer.echo(
-            f"{name:18s} accuracy {row['accuracy']:.3f}  format {row['format']:.3f}  n {row['n']}"
-        )
-    for key in ("verdict", "verdict_own_samples"):
-        if key in b:
-            v = b[key]
-            typer.echo(
-                f"{key:18s} agreement {v['agreement']:.3f} (correct {v['agreement_correct']:.3f},"
-                f" wrong {v['agreement_incorrect']:.3f}; decision follows the numbers"
-                f" {v['decision_follows_numbers']:.3f} of {v['decision_lines']}) n {v['n']}"
-            )
-    typer.echo(f"skill tags        {b['skill_tag_rate']:.4f}")
-
-
-@base_app.command("verdicts")
-def base_verdicts(
-    model: Annotated[
-        str, typer.Argument(help="Model folder, Hub id or builtin:small.")
-    ] = "builtin:small",
-    attempts: Annotated[
-        int, typer.Option(help="Balanced held-out attempts to check (even; the card uses 200).")
-    ] = 1000,
-    seed: Annotated[int, typer.Option(help="Chooses the set of attempts and the sampling.")] = 1,
-) -> None:
-    """Verdict agreement on many balanced held-out attempts, with a 95% interval."""
-    from sf_mlx.base.build import reverdict
-    from sf_mlx.model import ModelLoadError
-
-    try:
-        v = reverdict(model, attempts, seed)
-    except (ValueError, ModelLoadError) as e:
-        fail(str(e))
-    low, high = v["interval95"]
-    typer.echo(
-        f"verdict agreement {v['agreement']:.3f} [{low:.3f}, {high:.3f}] on {v['n']} attempts"
-        f" (correct {v['agreement_correct']:.3f}, wrong {v['agreement_incorrect']:.3f});"
-        f" decision follows the numbers {v['decision_follows_numbers']:.3f}"
-        f" of {v['decision_lines']}; verdict parsed {v['parsed']:.3f}"
-    )
 
 
 @app.command("recipes")

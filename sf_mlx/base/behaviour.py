@@ -43,6 +43,12 @@ def _ranges(cfg: CorpusConfig) -> dict:
     )
 
 
+def _load(model_path: str, temperature: float):
+    """The model, its tokenizer and the sampling settings every measurement here uses."""
+    m, tok = model_io.load(model_path)
+    return m, tok, model_io.SamplingParams(max_tokens=320, temperature=temperature)
+
+
 def _run(m, tok, problems: list[Problem], prompts: list[str], params, seed: int):
     ids = [model_io.chat_prompt(tok, p) for p in prompts]
     gens = model_io.generate(m, tok, ids, params, seed=seed, batch_size=64)
@@ -71,8 +77,7 @@ def measure(
     """`cfg`: the corpus settings the model was built with; its number ranges and noisy solver
     make the held-out problems and attempts (the defaults' when not given)."""
     cfg = cfg or CorpusConfig()
-    m, tok = model_io.load(model_path)
-    params = model_io.SamplingParams(max_tokens=320, temperature=temperature)
+    m, tok, params = _load(model_path, temperature)
     ranges = _ranges(cfg)
     out: dict = {"temperature": temperature, "countdown": {}, "ood": {}}
     texts: list[str] = []
@@ -133,8 +138,7 @@ def verdict_agreement(
     Wilson interval: the card's 200 attempts leave about +-7 points of noise, 1,000 about +-3."""
     if n < 2 or n % 2:
         raise ValueError(f"attempts {n}: expected an even number of at least 2")
-    m, tok = model_io.load(model_path)
-    params = model_io.SamplingParams(max_tokens=320, temperature=temperature)
+    m, tok, params = _load(model_path, temperature)
     out = _verdicts(m, tok, balanced_attempts(n, seed, cfg), params, seed)
     out["interval95"] = wilson_interval(round(out["agreement"] * out["n"]), out["n"])
     return out
