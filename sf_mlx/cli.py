@@ -150,22 +150,30 @@ def bench_sampling(
 
 @bench_app.command("grpo")
 def bench_grpo(
-    model: Annotated[str, typer.Option(help="Model folder, Hub id or builtin:small.")] = (
-        "builtin:small"
-    ),
-    steps: Annotated[int, typer.Option(help="GRPO steps timed.")] = 3,
-    prompts: Annotated[int, typer.Option(help="Prompts per step.")] = 8,
-    group_size: Annotated[int, typer.Option(help="Completions per prompt.")] = 8,
-    max_tokens: Annotated[int, typer.Option(help="Generation limit per completion.")] = 128,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--run", help="A run past its sft stage: time its SkillFactory arm's GRPO step."
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Without --run: model folder, Hub id or builtin:small.")
+    ] = "builtin:small",
+    rounds: Annotated[int, typer.Option(help="Batches timed (after one warm-up).")] = 3,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override a recipe key, e.g. grpo.beta=0.04.")
+    ] = [],  # noqa: B006 - typer reads list defaults
 ) -> None:
-    """GRPO iteration time for a fixed config, split into rollout and update."""
-    from sf_mlx.bench import bench_grpo as run
+    """A GRPO step's rollout and update vs the plain reference path: seconds, ratios, gradients."""
+    from sf_mlx.bench_grpo import bench_grpo as run
     from sf_mlx.model import ModelLoadError
 
+    if rounds < 1:
+        fail(f"--rounds {rounds}: expected at least 1")
     try:
-        run(model, steps, prompts, group_size, max_tokens)
-    except ModelLoadError as e:
-        fail(str(e))
+        run(run_dir, model, rounds, sets=set_)
+    except (ValueError, ModelLoadError) as e:
+        fail(str(e).splitlines()[0])
 
 
 @bench_app.command("tui")

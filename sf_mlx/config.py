@@ -166,16 +166,34 @@ class GrpoConfig(_Section):
     beta: float = _f(0.0, "KL coefficient to the adapter-off reference (0: no KL)", min=0.0)
     mu: int = _f(1, "update passes over each batch of rollouts", min=1)
     minibatch_prompts: int = _f(4, "prompts (groups) per gradient update", min=1)
-    advantage: str = _f(
-        "grpo", "advantage: grpo (mean/std in group) or dr_grpo (mean only)", ("grpo", "dr_grpo")
+    variant: str = _f(
+        "grpo",
+        "advantage and loss normaliser: grpo (group mean/std; mean over each completion, then "
+        "over completions), dapo (group mean/std; mean over all tokens of the mini-batch), "
+        "dr_grpo (group mean only; token sum over completions x max_tokens)",
+        ("grpo", "dapo", "dr_grpo"),
     )
     truncated_reward: float = _f(0.0, "reward of a completion cut at max_tokens")
-    temperature: float = _f(1.0, "rollout sampling temperature", min=0.0)
+    overlong_filter: bool = _f(
+        False, "leave completions cut at max_tokens out of the loss (their reward still counts)"
+    )
+    microbatch_tokens: int = _f(
+        4096,
+        "padded tokens (rows x width) per forward/backward; a mini-batch's gradient is "
+        "accumulated over length-sorted micro-batches of this size (memory, not the result)",
+        min=1,
+    )
+    temperature: float = _f(1.0, "rollout sampling temperature (> 0)", min=0.0)
     checkpoint_every: int = _f(5, "steps between resumable checkpoints", min=1)
     lora_rank: int = _f(8, "LoRA rank of the GRPO adapter", min=1)
     lora_scale: float = _f(20.0, "LoRA scale of the GRPO adapter")
 
     def _check(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(
+                f"grpo.temperature={self.temperature}; must be > 0 (the policy's log-probs "
+                "divide by it, and greedy rollouts give a group identical completions)"
+            )
         if self.minibatch_prompts > self.prompts_per_step:
             raise ValueError(
                 f"grpo.minibatch_prompts={self.minibatch_prompts} > "
@@ -329,6 +347,10 @@ def apply_overrides(recipe: Recipe, overrides: typing.Iterable[str]) -> Recipe:
     return _build(recipe, changes)
 
 
+# Keys renamed since recipes were first written: an old recipe or run directory still loads.
+RENAMED = {("grpo", "advantage"): "variant"}
+
+
 def recipe_from_dict(d: dict[str, Any] | None) -> Recipe:
     """A Recipe from nested {section: {key: value}}; missing keys take their defaults."""
     changes: dict[str, dict[str, Any]] = {}
@@ -339,7 +361,8 @@ def recipe_from_dict(d: dict[str, Any] | None) -> Recipe:
             continue
         if not isinstance(kv, dict):
             raise ValueError(f"section {section!r} must be a mapping of key: value, got {kv!r}")
-        for name, value in kv.items():
+        for old_name, value in kv.items():
+            name = RENAMED.get((section, old_name), old_name)
             _split_key(f"{section}.{name}")
             changes.setdefault(section, {})[name] = value
     return _build(Recipe(), changes)

@@ -51,7 +51,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("grpo/truncation_rate", "truncated", "fraction of completions cut at max_tokens", ".3f"),
     Metric("grpo/clip_fraction", "clipped", "fraction of tokens whose ratio was clipped", ".3f"),
     Metric("grpo/kl", "KL", "mean per-token KL to the adapter-off reference policy"),
-    Metric("grpo/entropy", "entropy", "mean per-token entropy of the policy on its completions"),
+    Metric(
+        "grpo/entropy",
+        "entropy",
+        "mean per-token entropy of the distributions the completions were sampled from",
+    ),
     Metric(
         "grpo/tokens_per_sec", "GRPO tok/s", "completion tokens per second of the whole step", ".0f"
     ),
@@ -75,6 +79,12 @@ METRICS: tuple[Metric, ...] = (
         "reflections/resp",
         "mean number of reflections (<verdict> tags) per completion",
         ".2f",
+    ),
+    Metric(
+        "grpo/rows_in_gradient",
+        "rows in grad",
+        "completions that went through forward/backward (beta = 0 skips zero-advantage rows)",
+        ".0f",
     ),
     Metric("grpo/rollout_sec", "rollout s", "seconds spent generating the step's rollouts", ".1f"),
     Metric("grpo/update_sec", "update s", "seconds spent on the step's gradient updates", ".1f"),

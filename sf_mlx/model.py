@@ -42,6 +42,13 @@ class Generation:
     # (repetition penalty) and temperature, before top-p / top-k (temperature 0: before it)
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS) or "length"
+    # the EOS token that ended the completion (a tokenizer may have several) and its log-prob;
+    # None when the completion was cut at max_tokens
+    stop_token: int | None = None
+    stop_logprob: float | None = None
+    # mean entropy (nats) of the sampled-from distributions over every decoded position, the
+    # stop token's included: what the policy's entropy is, measured where it was sampled
+    entropy: float = 0.0
 
 
 def resolve_model_path(model: str) -> str:
@@ -114,7 +121,10 @@ def generate(
 
     mx.random.seed(seed)
     sampler = make_sampler(params.temperature, top_p=params.top_p, top_k=params.top_k)
-    processors = make_logits_processors(repetition_penalty=params.repetition_penalty)
+    # a penalty of 1.0 changes nothing, but mlx-lm would still run a per-row Python processor
+    # on every decode step
+    penalty = params.repetition_penalty if params.repetition_penalty != 1.0 else None
+    processors = make_logits_processors(repetition_penalty=penalty)
     gen = BatchGenerator(
         model,
         max_tokens=params.max_tokens,
@@ -141,47 +151,59 @@ def _generate(gen, tokenizer, prompts: list[list[int]], params: SamplingParams) 
         uids = gen.insert(prompts, [params.max_tokens] * len(prompts))
         tokens: dict[int, list[int]] = {u: [] for u in uids}
         logprobs: dict[int, list[float]] = {u: [] for u in uids}
+        entropy: dict[int, float] = dict.fromkeys(uids, 0.0)
+        stop: dict[int, tuple[int, float]] = {}
         finish: dict[int, str] = {}
-        # The sampled tokens' logprobs are gathered lazily and moved to Python every
-        # LOGPROB_FLUSH steps in one transfer: a per-step transfer stalls the decode loop.
-        pending: list[tuple[list[int], Any]] = []
+        # The sampled tokens' logprobs (and the entropies) are gathered lazily and moved to
+        # Python every LOGPROB_FLUSH steps in one transfer: a per-step transfer stalls decoding.
+        pending: list[tuple[list[tuple[int, int, str | None]], Any, Any]] = []
 
         def flush() -> None:
-            mx.eval([values for _, values in pending])
-            for step_uids, values in pending:
-                for u, lp in zip(step_uids, values.tolist(), strict=True):
-                    logprobs[u].append(lp)
+            mx.eval([(lp, ent) for _, lp, ent in pending])
+            for step, lp, ent in pending:
+                for (uid, token, reason), value, h in zip(
+                    step, lp.tolist(), ent.tolist(), strict=True
+                ):
+                    entropy[uid] += h
+                    if reason == "stop":  # EOS is not in the text
+                        stop[uid] = (token, value)
+                    else:
+                        tokens[uid].append(token)
+                        logprobs[uid].append(value)
             pending.clear()
 
         while responses := gen.next_generated():
-            kept = [r for r in responses if r.finish_reason != "stop"]  # EOS is not in the text
-            if kept:
-                rows = mx.stack([r.logprobs for r in kept])  # (B, V)
-                if params.temperature > 0 and params.temperature != 1.0:
-                    # the distribution actually sampled from: log-softmax(logits / T)
-                    rows = rows / params.temperature
-                    rows = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
-                picked = mx.array([r.token for r in kept])[:, None]  # (B, 1)
-                pending.append(
-                    ([r.uid for r in kept], mx.take_along_axis(rows, picked, axis=-1)[:, 0])
-                )
-                for r in kept:
-                    tokens[r.uid].append(r.token)
-                if len(pending) >= LOGPROB_FLUSH:
-                    flush()
+            rows = mx.stack([r.logprobs for r in responses])  # (B, V)
+            if params.temperature > 0 and params.temperature != 1.0:
+                # the distribution actually sampled from: log-softmax(logits / T)
+                rows = rows / params.temperature
+                rows = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
+            picked = mx.array([r.token for r in responses])[:, None]  # (B, 1)
+            ent = -(mx.exp(rows) * rows).sum(axis=-1)  # (B,)
+            step = [(r.uid, r.token, r.finish_reason) for r in responses]
+            pending.append((step, mx.take_along_axis(rows, picked, axis=-1)[:, 0], ent))
             for r in responses:
                 if r.finish_reason is not None:
                     finish[r.uid] = r.finish_reason
+            if len(pending) >= LOGPROB_FLUSH:
+                flush()
         flush()
     finally:
         gen.close()
-    return [
-        Generation(
-            prompt_tokens=len(p),
-            tokens=tokens[u],
-            text=tokenizer.decode(tokens[u]),
-            logprobs=logprobs[u],
-            finish_reason=finish.get(u, "length"),
+    out = []
+    for p, u in zip(prompts, uids, strict=True):
+        stop_token, stop_logprob = stop.get(u, (None, None))
+        decoded = len(tokens[u]) + (stop_token is not None)
+        out.append(
+            Generation(
+                prompt_tokens=len(p),
+                tokens=tokens[u],
+                text=tokenizer.decode(tokens[u]),
+                logprobs=logprobs[u],
+                finish_reason=finish.get(u, "length"),
+                stop_token=stop_token,
+                stop_logprob=stop_logprob,
+                entropy=entropy[u] / max(decoded, 1),
+            )
         )
-        for p, u in zip(prompts, uids, strict=True)
-    ]
+    return out

@@ -26,7 +26,7 @@ def recipes(tmp_path):
         "run:\n  name: tiny\n  seed: 3\n"
         "problems:\n  eval_num_args: [3, 4]\n  require_all: yes\n"
         "sft:\n  iters: 50\n  learning_rate: 1e-5\n"
-        "grpo:\n  advantage: dr_grpo\n"
+        "grpo:\n  variant: dr_grpo\n"
         "rearrange:\n  format: '*C_full'\n"
         "evaluate:\n"  # an empty section keeps its defaults
     )
@@ -52,7 +52,7 @@ def test_every_field_has_a_default_and_help():
     by_key = {r.key: r for r in rows}
     assert by_key["sft.iters"][1:3] == ("int", 200)
     assert by_key["problems.eval_num_args"].type == "tuple[int, ...]"
-    assert "dr_grpo" in by_key["grpo.advantage"].help
+    assert "dr_grpo" in by_key["grpo.variant"].help
 
 
 def test_yaml_values_are_cast(recipes):
@@ -61,7 +61,7 @@ def test_yaml_values_are_cast(recipes):
     assert r.problems.eval_num_args == (3, 4) and r.problems.require_all is True
     assert r.sft.iters == 50
     assert r.sft.learning_rate == 1e-5 and isinstance(r.sft.learning_rate, float)
-    assert r.grpo.advantage == "dr_grpo" and r.rearrange.format == "*C_full"
+    assert r.grpo.variant == "dr_grpo" and r.rearrange.format == "*C_full"
     assert r.sample == Recipe().sample  # untouched sections keep defaults
     assert load_recipe(recipes / "other.yaml").sample.n_samples == 2  # a path works too
 
@@ -110,7 +110,8 @@ def test_overrides_apply_on_top_of_yaml(recipes):
             "problems.eval_num_args='3,x' is not a valid tuple[int, ...]",
         ),
         ("sft.method=qlora", "sft.method='qlora'; expected one of lora, full"),
-        ("grpo.advantage=ppo", "expected one of grpo, dr_grpo"),
+        ("grpo.variant=ppo", "expected one of grpo, dapo, dr_grpo"),
+        ("grpo.temperature=0", "grpo.temperature=0.0; must be > 0"),
         ("sample.variants=original,odd", "sample.variants='odd'"),
         ("sft.iters=0", "sft.iters=0; must be >= 1"),
         ("sft.iters", "not section.key=value"),
@@ -171,3 +172,8 @@ def test_dump_and_load_round_trip(recipes, tmp_path):
 def test_sections_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Recipe().sft.iters = 3
+
+
+def test_a_renamed_key_still_loads_an_older_recipe(recipes):
+    (recipes / "old.yaml").write_text("grpo:\n  advantage: dr_grpo\n")
+    assert load_recipe("old", recipes_dir=recipes).grpo.variant == "dr_grpo"

@@ -5,27 +5,45 @@ One step, exactly:
     pure function of (seed, t) and resuming needs no saved iterator.
  2. Sample G completions per problem from the current policy (LoRA adapter on), through the
     shared model I/O (batched KV cache), at the rollout temperature, at most `max_tokens`.
+    A completion that stopped keeps the EOS token it actually sampled (a tokenizer may have
+    several, e.g. Qwen's <|im_end|> and <|endoftext|>).
  3. Reward: `reward_fn(problem, text)`; for tasks it is the checker on the LAST `<answer>`
     (binary). A completion cut by the length limit gets `truncated_reward` (0 by default).
- 4. Advantages per group: GRPO `(r - mean) / (std + 1e-4)`; Dr. GRPO `r - mean`. All-equal
-    rewards give A = 0, hence zero policy gradient.
+ 4. Advantages per group: GRPO and DAPO `(r - mean) / (std + 1e-4)`; Dr. GRPO `r - mean`.
+    All-equal rewards give A = 0, hence zero policy gradient.
  5. Loss on completion tokens only (prompt masked), with the per-token ratio
     rho = exp(logp_theta - logp_old):  L = -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)
     (+ beta * k3 KL to the reference = the same weights with the adapter switched off).
-    GRPO averages over each completion's tokens then over completions; Dr. GRPO sums tokens and
-    divides by the constant (completions x max_tokens). `mu` passes over the batch, in
-    mini-batches of `minibatch_prompts` groups, one optimizer update per mini-batch.
+    The variant fixes the normaliser of a mini-batch: GRPO averages over each completion's
+    tokens then over completions; DAPO averages over all its tokens; Dr. GRPO sums tokens and
+    divides by the constant (completions x max_tokens). With `overlong_filter`, completions cut
+    at `max_tokens` are left out of the loss (numerator and normaliser), but their reward still
+    enters the group's advantages. `mu` passes over the batch, in mini-batches of
+    `minibatch_prompts` groups, one optimizer update per mini-batch; nothing non-finite is ever
+    applied (the loss and gradient norm are checked before the update).
+
+Work whose result is known in advance is not done (the gradient is the same, to float error):
+- with beta = 0 a row with A = 0 has zero loss and zero gradient: it enters the normaliser but
+  not the forward/backward pass;
+- with mu = 1 and a single mini-batch the weights at the update are those that sampled, so the
+  ratio is exactly 1: logp_old is the detached logp of the gradient pass (as TRL does); otherwise
+  logp_old is computed once per step, before any update;
+- a mini-batch's gradient is accumulated over micro-batches of length-sorted rows (at most
+  `microbatch_tokens` padded tokens each, widths rounded up to PAD_TO), and the log-softmax runs
+  only from the first completion position of the micro-batch on;
+- the policy's entropy is measured by the sampler on the distributions it sampled from, not by
+  the gradient pass.
 
 Departures from the textbook, all deliberate:
-- logp_old is recomputed with the training forward pass (same weights as at sampling) instead of
-  reusing the sampler's incremental-decode log-probs, so the first pass has ratio exactly 1; the
-  sampler's log-probs (at the same temperature) are only compared, as `grpo/logprob_gap`
-  (float error between incremental decoding and the full forward pass).
+- logp_old comes from the training forward pass (same weights as at sampling), not from the
+  sampler's incremental-decode log-probs; those (at the same temperature) are only compared, as
+  `grpo/logprob_gap` (float error between incremental decoding and the full forward pass).
 - The EOS token that ended a completion is part of the action and of the loss.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +51,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_map
+
+PAD_TO = 32  # micro-batch widths are rounded up to a multiple of this (+1), as in SFT
 
 # --------------------------------------------------------------------------- advantages / variants
 
@@ -49,27 +70,34 @@ def dr_grpo_advantages(rewards: np.ndarray) -> np.ndarray:
     return rewards - rewards.mean(axis=1, keepdims=True)
 
 
-def mean_per_sequence(per_token: mx.array, mask: mx.array, max_tokens: int) -> mx.array:
-    """GRPO: mean over each completion's tokens, then over completions."""
-    per_seq = (per_token * mask).sum(axis=1) / mx.maximum(mask.sum(axis=1), 1)  # (N,)
-    return per_seq.mean()
+def row_mean(per_token: mx.array, mask: mx.array) -> mx.array:
+    """(N, T) token losses -> (N,) mean over each completion's tokens."""
+    return (per_token * mask).sum(axis=1) / mx.maximum(mask.sum(axis=1), 1)
 
 
-def sum_over_constant(per_token: mx.array, mask: mx.array, max_tokens: int) -> mx.array:
-    """Dr. GRPO: token sum over a constant normaliser (completions x max_tokens)."""
-    return (per_token * mask).sum() / (per_token.shape[0] * max_tokens)
+def row_sum(per_token: mx.array, mask: mx.array) -> mx.array:
+    """(N, T) token losses -> (N,) sum over each completion's tokens."""
+    return (per_token * mask).sum(axis=1)
 
 
 @dataclass(frozen=True)
 class Variant:
+    """A GRPO variant: advantages from rewards, and the loss of a mini-batch as
+    sum over its completions of `row_loss` / `normaliser(completions, tokens, max_tokens)`,
+    counting the completions and completion tokens that are in the loss."""
+
     advantages: Callable[[np.ndarray], np.ndarray]
-    aggregate: Callable[[mx.array, mx.array, int], mx.array]
+    row_loss: Callable[[mx.array, mx.array], mx.array]
+    normaliser: Callable[[int, int, int], int]
 
 
 # The one place a variant is chosen.
 VARIANTS: dict[str, Variant] = {
-    "grpo": Variant(grpo_advantages, mean_per_sequence),
-    "dr_grpo": Variant(dr_grpo_advantages, sum_over_constant),
+    "grpo": Variant(grpo_advantages, row_mean, lambda rows, tokens, max_tokens: rows),
+    "dapo": Variant(grpo_advantages, row_sum, lambda rows, tokens, max_tokens: tokens),
+    "dr_grpo": Variant(
+        dr_grpo_advantages, row_sum, lambda rows, tokens, max_tokens: rows * max_tokens
+    ),
 }
 
 
@@ -77,18 +105,17 @@ VARIANTS: dict[str, Variant] = {
 
 
 def sequence_logprobs(
-    model: nn.Module, tokens: mx.array, temperature: float = 1.0
-) -> tuple[mx.array, mx.array]:
-    """Log-prob of each next token and the entropy of each next-token distribution.
+    model: nn.Module, tokens: mx.array, temperature: float = 1.0, start: int = 0
+) -> mx.array:
+    """Log-prob of each next token from position `start` on, at `temperature`.
 
-    tokens (N, T) -> (logp (N, T-1), entropy (N, T-1)); position t scores tokens[:, t + 1].
+    tokens (N, T) -> logp (N, T-1-start); column t scores tokens[:, start + t + 1]. Only the
+    chosen token's log-prob is gathered: no (N, T, V) log-softmax is materialised.
     """
-    logits = model(tokens[:, :-1]).astype(mx.float32) / temperature  # (N, T-1, V)
-    logz = mx.logsumexp(logits, axis=-1, keepdims=True)  # (N, T-1, 1)
-    logp_all = logits - logz  # (N, T-1, V)
-    logp = mx.take_along_axis(logp_all, tokens[:, 1:, None], axis=-1)[..., 0]  # (N, T-1)
-    entropy = -(mx.exp(logp_all) * logp_all).sum(axis=-1)  # (N, T-1)
-    return logp, entropy
+    logits = model(tokens[:, :-1])[:, start:].astype(mx.float32) / temperature  # (N, T', V)
+    logz = mx.logsumexp(logits, axis=-1)  # (N, T')
+    picked = mx.take_along_axis(logits, tokens[:, start + 1 :, None], axis=-1)[..., 0]  # (N, T')
+    return picked - logz
 
 
 def clipped_objective(
@@ -111,27 +138,30 @@ def k3_kl(logp: mx.array, ref_logp: mx.array) -> mx.array:
 
 def grpo_loss(
     model: nn.Module,
-    tokens: mx.array,  # (N, T) prompt + completion, right-padded
-    mask: mx.array,  # (N, T-1) 1 on completion tokens (as next-token targets)
-    old_logp: mx.array,  # (N, T-1)
-    ref_logp: mx.array | None,  # (N, T-1) or None when beta == 0
-    adv: mx.array,  # (N,)
+    tokens: mx.array,  # (n, T) prompt + completion, right-padded
+    mask: mx.array,  # (n, T-1-start) 1 on completion tokens (as next-token targets)
+    old_logp: mx.array | None,  # (n, T-1-start); None: the ratio is exactly 1 (this pass's logp)
+    ref_logp: mx.array | None,  # (n, T-1-start) or None when beta == 0
+    adv: mx.array,  # (n,)
     eps_low: float,
     eps_high: float,
     beta: float,
     temperature: float,
-    max_tokens: int,
-    aggregate: Callable[[mx.array, mx.array, int], mx.array],
+    row_loss: Callable[[mx.array, mx.array], mx.array],
+    normaliser: float,
+    start: int = 0,
 ) -> tuple[mx.array, tuple[mx.array, mx.array, mx.array]]:
-    """Scalar loss and (clip fraction, KL, entropy) averaged over completion tokens."""
-    logp, entropy = sequence_logprobs(model, tokens, temperature)
-    per_token, clipped = clipped_objective(logp, old_logp, adv, eps_low, eps_high)
+    """These rows' share of a mini-batch loss (their `row_loss` sum / `normaliser`), and
+    (clipped tokens, KL summed over tokens, the detached logp) for the step's statistics."""
+    logp = sequence_logprobs(model, tokens, temperature, start)  # (n, T')
+    old = mx.stop_gradient(logp) if old_logp is None else old_logp
+    per_token, clipped = clipped_objective(logp, old, adv, eps_low, eps_high)
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else mx.zeros_like(logp)
     if beta:
         per_token = per_token + beta * kl
-    n = mx.maximum(mask.sum(), 1)
-    stats = ((clipped * mask).sum() / n, (kl * mask).sum() / n, (entropy * mask).sum() / n)
-    return aggregate(per_token, mask, max_tokens), stats
+    loss = row_loss(per_token, mask).sum() / normaliser
+    stats = ((clipped * mask).sum(), (kl * mask).sum(), mx.stop_gradient(logp))
+    return loss, stats
 
 
 @contextmanager
@@ -163,16 +193,33 @@ def batch_problem_indices(n_pool: int, batch: int, step: int, seed: int) -> list
 
 
 def pad_sequences(
-    prompts: Sequence[list[int]], completions: Sequence[list[int]], pad_id: int
+    prompts: Sequence[list[int]], completions: Sequence[list[int]], pad_id: int, pad_to: int = 1
 ) -> tuple[mx.array, mx.array]:
-    """Right-padded (N, T) tokens and the (N, T-1) mask of completion tokens as targets."""
-    width = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+    """Right-padded (N, T) tokens and the (N, T-1) mask of completion tokens as targets.
+
+    T is the longest row, rounded up to 1 + a multiple of `pad_to` (fewer distinct shapes)."""
+    longest = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+    width = max(longest, 1 + pad_to * math.ceil((longest - 1) / pad_to))
     toks = np.full((len(prompts), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(prompts), width - 1), dtype=np.float32)
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         toks[i, : len(p) + len(c)] = p + c
         mask[i, len(p) - 1 : len(p) + len(c) - 1] = 1.0  # targets at positions of c
     return mx.array(toks), mx.array(mask)
+
+
+def plan_microbatches(lengths: Sequence[int], budget: int, pad_to: int = PAD_TO) -> list[list[int]]:
+    """Indices into `lengths`, sorted by length and cut into micro-batches of at most `budget`
+    padded tokens (rows x rounded width); a row longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    out: list[list[int]] = []
+    for i in order:
+        width = 1 + pad_to * math.ceil((lengths[i] - 1) / pad_to)
+        if out and (len(out[-1]) + 1) * width <= budget:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 SKILL_TAGS = {"samples": "<sample>", "reflections": "<reflect>"}
@@ -193,9 +240,10 @@ class RolloutBatch:
 
     problem_idx: list[int]  # (B,)
     prompts: list[list[int]]  # (N,) prompt token ids
-    completions: list[list[int]]  # (N,) sampled ids (+ EOS when the completion stopped)
+    completions: list[list[int]]  # (N,) sampled ids (+ the EOS sampled, when it stopped)
     texts: list[str]  # (N,)
-    sampler_logprobs: list[list[float]]  # (N,) the sampler's log-prob of each sampled token
+    sampler_logprobs: list[list[float]]  # (N,) the sampler's log-prob of each completion token
+    entropies: list[float]  # (N,) mean entropy of the distributions each completion sampled from
     truncated: list[bool]  # (N,)
     rewards: np.ndarray  # (B, G)
     advantages: np.ndarray  # (B, G)
@@ -228,12 +276,11 @@ def collect_rollouts(
         seed=derive_seed(seed, "grpo", step),
         batch_size=len(flat_prompts),
     )
-    eos = tokenizer.eos_token_ids
-    eos_id = next(iter(eos)) if not isinstance(eos, int) else eos
-    completions, truncated, rewards = [], [], []
+    completions, logprobs, truncated, rewards = [], [], [], []
     for k, gen in enumerate(gens):
-        stopped = gen.finish_reason == "stop"
-        completions.append(gen.tokens + ([eos_id] if stopped else []))
+        stopped = gen.stop_token is not None
+        completions.append(gen.tokens + ([gen.stop_token] if stopped else []))
+        logprobs.append(gen.logprobs + ([gen.stop_logprob] if stopped else []))
         truncated.append(not stopped)
         r = (
             cfg.truncated_reward
@@ -247,79 +294,171 @@ def collect_rollouts(
         prompts=flat_prompts,
         completions=completions,
         texts=[x.text for x in gens],
-        sampler_logprobs=[x.logprobs for x in gens],
+        sampler_logprobs=logprobs,
+        entropies=[x.entropy for x in gens],
         truncated=truncated,
         rewards=r,
-        advantages=VARIANTS[cfg.advantage].advantages(r),
+        advantages=VARIANTS[cfg.variant].advantages(r),
     )
 
 
-def policy_update(model, optimizer, batch: RolloutBatch, pad_id: int, cfg) -> dict[str, float]:
-    """Step 5: logp_old (and the reference) once, then `mu` passes of mini-batch updates."""
-    from mlx.optimizers import clip_grad_norm
+@dataclass(frozen=True)
+class MicroBatch:
+    """Rows of one mini-batch that go through one forward/backward pass together."""
 
-    g, variant = cfg.group_size, VARIANTS[cfg.advantage]
-    adv_flat = batch.advantages.reshape(-1)  # (N,)
+    rows: list[int]  # (n,) indices into the RolloutBatch
+    tokens: mx.array  # (n, T) right-padded, T rounded up to PAD_TO
+    mask: mx.array  # (n, T-1-start) completion targets from position `start` on
+    start: int  # first target position computed (the shortest prompt's last token)
+    adv: mx.array  # (n,)
+    old_logp: mx.array | None  # (n, T-1-start); None when the ratio is exactly 1
+    ref_logp: mx.array | None  # (n, T-1-start); None when beta == 0
+
+
+@dataclass(frozen=True)
+class MiniBatch:
+    """One optimizer update: its micro-batches and the variant's normaliser over all its rows."""
+
+    micro: list[MicroBatch]
+    normaliser: int
+    loss_tokens: int  # completion tokens in the loss (the denominator of clip fraction and KL)
+
+
+def plan_update(model, batch: RolloutBatch, pad_id: int, cfg) -> list[MiniBatch]:
+    """Mini-batches of `minibatch_prompts` groups, each cut into micro-batches of the rows that
+    change the gradient; logp_old and the reference computed here, once per step, if needed."""
+    g, variant = cfg.group_size, VARIANTS[cfg.variant]
+    adv = batch.advantages.reshape(-1)  # (N,)
     n_groups = len(batch.problem_idx)
-    mbs = [
-        list(range(s, min(s + cfg.minibatch_prompts, n_groups)))
-        for s in range(0, n_groups, cfg.minibatch_prompts)
-    ]
-    prepared = []
-    for groups in mbs:
-        rows = [gi * g + j for gi in groups for j in range(g)]
-        tokens, mask = pad_sequences(
-            [batch.prompts[r] for r in rows], [batch.completions[r] for r in rows], pad_id
-        )
-        old_logp = mx.stop_gradient(sequence_logprobs(model, tokens, cfg.temperature)[0])
-        ref = None
-        if cfg.beta:
-            with adapters_disabled(model):
-                ref = mx.stop_gradient(sequence_logprobs(model, tokens, cfg.temperature)[0])
-        mx.eval(old_logp, *([ref] if ref is not None else []))
-        prepared.append((rows, tokens, mask, old_logp, ref, mx.array(adv_flat[rows], mx.float32)))
+    starts = range(0, n_groups, cfg.minibatch_prompts)
+    ratio_is_one = cfg.mu == 1 and len(starts) == 1  # the weights that sampled do the update
+    plan = []
+    for s in starts:
+        rows = [
+            gi * g + j
+            for gi in range(s, min(s + cfg.minibatch_prompts, n_groups))
+            for j in range(g)
+        ]
+        in_loss = [r for r in rows if not (cfg.overlong_filter and batch.truncated[r])]
+        n_tokens = sum(len(batch.completions[r]) for r in in_loss)
+        moving = in_loss if cfg.beta else [r for r in in_loss if adv[r] != 0]
+        lengths = [len(batch.prompts[r]) + len(batch.completions[r]) for r in moving]
+        micro = []
+        for part in plan_microbatches(lengths, cfg.microbatch_tokens):
+            mrows = [moving[i] for i in part]
+            tokens, mask = pad_sequences(
+                [batch.prompts[r] for r in mrows],
+                [batch.completions[r] for r in mrows],
+                pad_id,
+                PAD_TO,
+            )
+            start = min(len(batch.prompts[r]) for r in mrows) - 1
+            old = ref = None
+            if not ratio_is_one:
+                old = mx.stop_gradient(sequence_logprobs(model, tokens, cfg.temperature, start))
+            if cfg.beta:
+                with adapters_disabled(model):
+                    ref = sequence_logprobs(model, tokens, cfg.temperature, start)
+                ref = mx.stop_gradient(ref)
+            mx.eval([a for a in (old, ref) if a is not None])
+            micro.append(
+                MicroBatch(
+                    mrows,
+                    tokens,
+                    mask[:, start:],
+                    start,
+                    mx.array(adv[mrows], mx.float32),
+                    old,
+                    ref,
+                )
+            )
+        normaliser = max(1, variant.normaliser(len(in_loss), n_tokens, cfg.max_tokens))
+        plan.append(MiniBatch(micro, normaliser, n_tokens))
+    return plan
 
-    def loss_fn(m, tokens, mask, old_logp, ref, adv):
+
+def minibatch_gradient(model, mini: MiniBatch, cfg) -> tuple[dict, dict[str, mx.array], list]:
+    """The gradient of one mini-batch's loss, accumulated over its micro-batches (unclipped),
+    its (loss, clipped tokens, KL sum) and each micro-batch's detached logp."""
+    row_loss = VARIANTS[cfg.variant].row_loss
+
+    def loss_fn(m, mb: MicroBatch):
         return grpo_loss(
             m,
-            tokens,
-            mask,
-            old_logp,
-            ref,
-            adv,
+            mb.tokens,
+            mb.mask,
+            mb.old_logp,
+            mb.ref_logp,
+            mb.adv,
             cfg.epsilon_low,
             cfg.epsilon_high,
             cfg.beta,
             cfg.temperature,
-            cfg.max_tokens,
-            variant.aggregate,
+            row_loss,
+            mini.normaliser,
+            mb.start,
         )
 
     grad_fn = nn.value_and_grad(model, loss_fn)
-    sums = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+    grads = tree_map(mx.zeros_like, model.trainable_parameters())
+    sums = {"loss": mx.array(0.0), "clipped": mx.array(0.0), "kl": mx.array(0.0)}
+    logps = []
+    for mb in mini.micro:
+        (loss, (clipped, kl, logp)), mb_grads = grad_fn(model, mb)
+        grads = tree_map(mx.add, grads, mb_grads)
+        sums = {
+            "loss": sums["loss"] + loss,
+            "clipped": sums["clipped"] + clipped,
+            "kl": sums["kl"] + kl,
+        }
+        mx.eval(grads, sums, logp)  # one micro-batch's activations alive at a time
+        logps.append(logp)
+    return grads, sums, logps
+
+
+def policy_update(model, optimizer, batch: RolloutBatch, pad_id: int, cfg) -> dict[str, float]:
+    """Step 5: plan the mini-batches, then `mu` passes of one optimizer update per mini-batch."""
+    from mlx.optimizers import clip_grad_norm
+
+    plan = plan_update(model, batch, pad_id, cfg)
+    sums = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "grad_norm": 0.0}
+    gaps: list[float] = []
     n_updates = 0
-    for _ in range(cfg.mu):
-        for _rows, tokens, mask, old_logp, ref, adv in prepared:
-            (loss, (clip_frac, kl, ent)), grads = grad_fn(model, tokens, mask, old_logp, ref, adv)
+    for pass_ in range(cfg.mu):
+        for mini in plan:
+            grads, stats, logps = minibatch_gradient(model, mini, cfg)
             grads, norm = clip_grad_norm(grads, 1.0)
+            mx.eval(grads, norm)
+            loss = stats["loss"].item()
+            if not (math.isfinite(loss) and math.isfinite(norm.item())):
+                raise FloatingPointError(
+                    f"GRPO loss is {loss}, gradient norm {norm.item()}: nothing was applied"
+                )
             optimizer.update(model, grads)
-            mx.eval(model.trainable_parameters(), optimizer.state, loss, clip_frac, kl, ent, norm)
-            if not np.isfinite(loss.item()):
-                raise FloatingPointError(f"GRPO loss is {loss.item()}")
-            for k, v in zip(sums, (loss, clip_frac, kl, ent, norm), strict=True):
-                sums[k] += v.item()
+            mx.eval(model.trainable_parameters(), optimizer.state)
+            if pass_ == 0:  # sampler vs training forward, at the weights that sampled
+                for mb, logp in zip(mini.micro, logps, strict=True):
+                    gaps += _logprob_gaps(batch, mb, logp if mb.old_logp is None else mb.old_logp)
+            n = max(1, mini.loss_tokens)
+            values = (loss, stats["clipped"].item() / n, stats["kl"].item() / n, norm.item())
+            for k, v in zip(sums, values, strict=True):
+                sums[k] += v
             n_updates += 1
     out = {k: v / max(1, n_updates) for k, v in sums.items()}
-    # how far the sampler's incremental-decode log-probs are from the training forward pass
-    gaps = []
-    for rows, _tokens, mask, old_logp, _ref, _adv in prepared:
-        lp = np.array(old_logp)
-        mk = np.array(mask) > 0
-        for i, r in enumerate(rows):
-            recomputed = lp[i][mk[i]][: len(batch.sampler_logprobs[r])]
-            if len(recomputed):
-                gaps.append(np.abs(recomputed - np.array(batch.sampler_logprobs[r])).max())
     out["logprob_gap"] = float(max(gaps)) if gaps else 0.0
+    out["rows_in_gradient"] = sum(len(mb.rows) for mini in plan for mb in mini.micro)
+    return out
+
+
+def _logprob_gaps(batch: RolloutBatch, mb: MicroBatch, logp: mx.array) -> list[float]:
+    """Per row, the largest |sampler log-prob - training forward log-prob| over its tokens."""
+    lp, mk = np.array(logp), np.array(mb.mask) > 0
+    out = []
+    for i, r in enumerate(mb.rows):
+        sampled = np.array(batch.sampler_logprobs[r])
+        recomputed = lp[i][mk[i]][: len(sampled)]
+        if len(recomputed):
+            out.append(float(np.abs(recomputed - sampled[: len(recomputed)]).max()))
     return out
 
 
@@ -379,9 +518,9 @@ def train_grpo(
     """Run GRPO steps until `cfg.steps` (resuming from `ckpt_dir` if a checkpoint is there).
 
     The model must already carry its trainable adapter. Returns the last completed step.
-    `should_stop()` saves a checkpoint and returns; Ctrl-C saves a checkpoint of the last
-    completed step and re-raises; a NaN/inf loss raises FloatingPointError and keeps the last
-    good checkpoint.
+    `should_stop()` saves a checkpoint and returns; Ctrl-C puts back the weights and optimizer
+    state of the last completed step (an update may have been half applied), saves them and
+    re-raises; a non-finite loss or gradient raises FloatingPointError before it is applied.
     """
     import time
     from pathlib import Path
@@ -394,8 +533,15 @@ def train_grpo(
     if (ckpt / "state.json").exists():
         step = load_checkpoint(ckpt, model, optimizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    while step < cfg.steps:
-        try:
+
+    def snapshot():  # arrays are immutable: holding the leaves keeps this state
+        return tree_map(lambda x: x, model.trainable_parameters()), tree_map(
+            lambda x: x, optimizer.state
+        )
+
+    done = snapshot()  # the state after `step` whole steps
+    try:
+        while step < cfg.steps:
             mx.reset_peak_memory()
             tic = time.perf_counter()
             idx = batch_problem_indices(len(problems), cfg.prompts_per_step, step, seed)
@@ -405,16 +551,19 @@ def train_grpo(
             t_roll = time.perf_counter() - tic
             upd = policy_update(model, optimizer, batch, pad_id, cfg)
             t_upd = time.perf_counter() - tic - t_roll
-        except KeyboardInterrupt:  # the step in flight is dropped; everything before it is kept
-            save_checkpoint(ckpt, model, optimizer, step)
-            raise
-        step += 1
-        if on_step:
-            on_step(step, step_metrics(batch, upd, t_roll, t_upd), batch)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or should_stop():
-            save_checkpoint(ckpt, model, optimizer, step)
-        if should_stop():
-            break
+            step, done = step + 1, snapshot()
+            if on_step:
+                on_step(step, step_metrics(batch, upd, t_roll, t_upd), batch)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or should_stop():
+                save_checkpoint(ckpt, model, optimizer, step)
+            if should_stop():
+                break
+    except KeyboardInterrupt:  # the step in flight is dropped; everything before it is kept
+        params, opt_state = done
+        model.update(params)
+        optimizer.state = opt_state
+        save_checkpoint(ckpt, model, optimizer, step)
+        raise
     return step
 
 
@@ -424,6 +573,7 @@ def step_metrics(batch: RolloutBatch, upd: dict, t_roll: float, t_upd: float) ->
     lengths = np.array([len(c) for c in batch.completions])
     n_tokens = int(lengths.sum())
     usage = skill_usage(batch.texts)
+    entropy = float(np.dot(batch.entropies, lengths) / max(n_tokens, 1))  # token-weighted
     return {
         "grpo/reward": float(r.mean()),
         "grpo/accuracy": float((r > 0).mean()),
@@ -434,7 +584,7 @@ def step_metrics(batch: RolloutBatch, upd: dict, t_roll: float, t_upd: float) ->
         "grpo/truncation_rate": float(np.mean(batch.truncated)),
         "grpo/clip_fraction": upd["clip_fraction"],
         "grpo/kl": upd["kl"],
-        "grpo/entropy": upd["entropy"],
+        "grpo/entropy": entropy,
         "grpo/loss": upd["loss"],
         "grpo/grad_norm": upd["grad_norm"],
         "grpo/logprob_gap": upd["logprob_gap"],
@@ -442,6 +592,7 @@ def step_metrics(batch: RolloutBatch, upd: dict, t_roll: float, t_upd: float) ->
         "grpo/peak_memory_gb": mx.get_peak_memory() / 1e9,
         "grpo/samples_per_response": usage["samples"],
         "grpo/reflections_per_response": usage["reflections"],
+        "grpo/rows_in_gradient": upd["rows_in_gradient"],
         "grpo/rollout_sec": t_roll,
         "grpo/update_sec": t_upd,
     }
