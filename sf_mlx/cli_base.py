@@ -109,3 +109,51 @@ def base_verdicts(
         f" decision follows the numbers {v['decision_follows_numbers']:.3f}"
         f" of {v['decision_lines']}; verdict parsed {v['parsed']:.3f}"
     )
+
+
+@base_app.command("probe")
+def base_probe(
+    model: ModelArg = "builtin:small",
+    n: Annotated[int, typer.Option(help="Held-out Countdown-3 problems (attempt + check).")] = 400,
+    seed: Annotated[int, typer.Option(help="Seed of the problems and sampling.")] = 1,
+) -> None:
+    """Why checks fail: truth of the arithmetic lines by context and operand size, and the
+    probability of the right decision once both numbers are written (teacher-forced)."""
+    import json
+
+    from sf_mlx.base.build import _built_with, _card
+    from sf_mlx.base.probes import probe_base
+    from sf_mlx.cli import fail
+    from sf_mlx.model import ModelLoadError, resolve_model_path
+
+    if n < 1:
+        fail(f"--n {n}: expected at least 1")
+    try:
+        cfg = _built_with(_card(Path(resolve_model_path(model))))
+        out = probe_base(model, n, seed, cfg, log=lambda _: None)
+    except (ValueError, ModelLoadError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(out, indent=2))
+
+
+@base_app.command("probe-check-only")
+def base_probe_check_only(
+    steps: Annotated[int, typer.Option(help="Training steps on check demonstrations.")] = 200,
+    n: Annotated[int, typer.Option(help="Held-out checks measured (even).")] = 400,
+    seed: Annotated[int, typer.Option(help="Seed of corpus, weights and held-out checks.")] = 0,
+    size: Annotated[str, typer.Option(help="Architecture preset: tiny or small.")] = "small",
+) -> None:
+    """Train the base architecture on check demonstrations alone, then measure the decision it
+    gives with both numbers written: near 100% means the pipeline can learn it."""
+    import json
+
+    from sf_mlx.base.build import SIZES
+    from sf_mlx.base.probes import check_only
+    from sf_mlx.cli import fail
+
+    if size not in SIZES:
+        fail(f"--size {size!r}: expected one of {', '.join(SIZES)}")
+    if steps < 1 or n < 2 or n % 2:
+        fail(f"--steps {steps} --n {n}: expected steps >= 1 and an even n >= 2")
+    out = check_only(steps, n, seed, log=typer.echo, size=size)
+    typer.echo(json.dumps(out, indent=2))

@@ -1,0 +1,239 @@
+"""Diagnostic probes of a base model's checking: cheap measurements that say why checks fail.
+
+- `arithmetic_lines`: how often the `a op b = c` lines a model writes are true, by where it
+  writes them (its own attempts, its checks of its own attempts, arithmetic drills) and by the
+  size of the operands.
+- `decision_confidence`: in the model's own checks, the probability it gives the right decision
+  (`equal` / `not equal`) once it has written `Result X, target Y:`, teacher-forced, so a
+  confidently wrong decision is told apart from a coin flip.
+- `check_only`: the small architecture trained from scratch on check demonstrations alone, then
+  the same decision probability on held-out checks: if this cannot reach ~100%, the training
+  pipeline (masking, packing, positions) has a defect; if it can, the base's corpus is the cause.
+Model output is parsed with regular expressions, never evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from fractions import Fraction
+
+from sf_mlx import model as model_io
+from sf_mlx.base.corpus import CorpusConfig, _apply, countdown_check_response
+from sf_mlx.prompts import reflection_prompt
+from sf_mlx.records import Problem
+from sf_mlx.tasks import heldout_problems
+
+_EQUATION = re.compile(r"(?<![\d/])(\d+) ([-+*/]) (\d+) = (\d+(?:/\d+)?)(?![\d/])")
+_DECISION = re.compile(r"Result (-?[\d/]+), target (-?\d+):")
+DECISIONS = (" equal.", " not equal.")
+
+
+def equation_lines(text: str) -> list[tuple[int, str, int, Fraction, bool]]:
+    """Every `a op b = c` in `text` as (a, op, b, written c, true?)."""
+    out = []
+    for a, op, b, c in _EQUATION.findall(text):
+        a, b = int(a), int(b)
+        written = Fraction(c)
+        if op == "/" and b == 0:
+            out.append((a, op, b, written, False))
+            continue
+        out.append((a, op, b, written, _apply(a, op, b) == written))
+    return out
+
+
+def _size(a: int, b: int) -> str:
+    """Operand-size bucket of one line: by the larger operand's digits."""
+    return {1: "1 digit", 2: "2 digits"}.get(len(str(max(a, b))), "3+ digits")
+
+
+def _drill_prompts(n: int, seed: int) -> list[str]:
+    """Arithmetic drills in the corpus' own form, `Compute:` then one line per operation."""
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(n):
+        lines = []
+        for _ in range(4):
+            op = rng.choice("+-*/")
+            if op == "/":
+                b = rng.randint(2, 12)
+                a = b * rng.randint(1, 12)
+            elif op == "-":
+                a, b = sorted((rng.randint(0, 100), rng.randint(0, 60)), reverse=True)
+            elif op == "*":
+                a, b = rng.randint(2, 12), rng.randint(2, 25)
+            else:
+                a, b = rng.randint(1, 100), rng.randint(1, 60)
+            lines.append(f"{a} {op} {b}")
+        prompts.append("Compute:\n" + "\n".join(lines))
+    return prompts
+
+
+def _generate(m, tok, prompts: list[str], temperature: float, seed: int) -> list[str]:
+    params = model_io.SamplingParams(max_tokens=320, temperature=temperature)
+    ids = [model_io.chat_prompt(tok, p) for p in prompts]
+    return [g.text for g in model_io.generate(m, tok, ids, params, seed=seed, batch_size=64)]
+
+
+def own_attempts_and_checks(
+    m, tok, n: int, seed: int, cfg: CorpusConfig, temperature: float = 0.7
+) -> tuple[list[Problem], list[str], list[str]]:
+    """n held-out Countdown-3 problems, the model's attempt at each (plain question) and its
+    check of that attempt (the reflection prompt)."""
+    probs = heldout_problems(
+        "countdown",
+        n,
+        seed,
+        num_args=3,
+        min_number=cfg.min_number,
+        max_number=cfg.max_number,
+        min_target=cfg.min_target,
+        max_target=cfg.max_target,
+    )
+    attempts = _generate(m, tok, [p.question for p in probs], temperature, seed)
+    checks = _generate(
+        m,
+        tok,
+        [reflection_prompt(p.question, a) for p, a in zip(probs, attempts, strict=True)],
+        temperature,
+        seed + 1,
+    )
+    return probs, attempts, checks
+
+
+def arithmetic_lines(texts_by_context: dict[str, list[str]]) -> dict:
+    """{context: {"lines", "true", by operand size: {"lines", "true"}}} over the given texts."""
+    out: dict = {}
+    for context, texts in texts_by_context.items():
+        by_size: dict[str, list[bool]] = defaultdict(list)
+        for text in texts:
+            for a, _, b, _, ok in equation_lines(text):
+                by_size[_size(a, b)].append(ok)
+        every = [ok for oks in by_size.values() for ok in oks]
+        out[context] = {
+            "lines": len(every),
+            "true": sum(every) / max(1, len(every)),
+            "by_size": {
+                k: {"lines": len(v), "true": sum(v) / len(v)} for k, v in sorted(by_size.items())
+            },
+        }
+    return out
+
+
+def _continuation_logprob(m, prefix: list[int], continuation: list[int]) -> float:
+    import mlx.core as mx
+
+    tokens = mx.array([prefix + continuation])
+    logits = m(tokens[:, :-1]).astype(mx.float32)
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    k = len(continuation)
+    picked = mx.take_along_axis(logp[0, -k:], mx.array(continuation)[:, None], axis=-1)
+    return float(picked.sum())
+
+
+def decision_probabilities(m, tok, prompts: list[str], checks: list[str]) -> list[dict]:
+    """For each check with a `Result X, target Y:` line: the probability of the right decision,
+    renormalised over the two decisions, teacher-forced on the check up to that colon."""
+    eq, neq = (tok.encode(d, add_special_tokens=False) for d in DECISIONS)
+    out = []
+    for prompt, check in zip(prompts, checks, strict=True):
+        found = list(_DECISION.finditer(check))
+        if not found:
+            continue
+        last = found[-1]
+        prefix = model_io.chat_prompt(tok, prompt) + tok.encode(
+            check[: last.end()], add_special_tokens=False
+        )
+        lp_eq = _continuation_logprob(m, prefix, eq)
+        lp_neq = _continuation_logprob(m, prefix, neq)
+        p_eq = 1.0 / (1.0 + math.exp(lp_neq - lp_eq))
+        equal = last.group(1) == last.group(2)
+        out.append({"equal": equal, "p_right": p_eq if equal else 1.0 - p_eq})
+    return out
+
+
+def summarise_decisions(rows: list[dict]) -> dict:
+    """Mean probability of the right decision and its spread, for equal and unequal pairs."""
+    out = {}
+    for name, want in (("equal", True), ("not_equal", False)):
+        ps = [r["p_right"] for r in rows if r["equal"] == want]
+        out[name] = {
+            "n": len(ps),
+            "mean_p_right": sum(ps) / max(1, len(ps)),
+            "confidently_wrong": sum(p < 0.1 for p in ps) / max(1, len(ps)),
+            "unsure": sum(0.1 <= p <= 0.9 for p in ps) / max(1, len(ps)),
+            "confidently_right": sum(p > 0.9 for p in ps) / max(1, len(ps)),
+        }
+    return out
+
+
+def probe_base(model: str, n: int, seed: int, cfg: CorpusConfig, log: Callable = print) -> dict:
+    """Probes (b) and (c) on one model: its own attempts, checks and drills."""
+    m, tok = model_io.load(model)
+    probs, attempts, checks = own_attempts_and_checks(m, tok, n, seed, cfg)
+    drills = _generate(m, tok, _drill_prompts(max(1, n // 4), seed), 0.7, seed + 2)
+    out = {
+        "n": n,
+        "arithmetic": arithmetic_lines({"attempt": attempts, "check": checks, "drill": drills}),
+    }
+    log(f"arithmetic lines: {out['arithmetic']}")
+    prompts = [reflection_prompt(p.question, a) for p, a in zip(probs, attempts, strict=True)]
+    out["decisions"] = summarise_decisions(decision_probabilities(m, tok, prompts, checks))
+    log(f"decisions: {out['decisions']}")
+    return out
+
+
+def check_only(
+    steps: int, n_eval: int, seed: int, log: Callable = print, size: str = "small"
+) -> dict:
+    """Probe (a): the `size` architecture trained from scratch on check demonstrations alone
+    (the shipped base's tokenizer and training settings, `steps` steps), then the decision
+    probability on `n_eval` held-out checks (half of them of correct attempts)."""
+    from dataclasses import replace
+
+    import mlx.core as mx
+    from mlx_lm.models import nanochat
+    from transformers import AutoTokenizer
+
+    from sf_mlx.base import pretrain
+    from sf_mlx.base.behaviour import balanced_attempts
+    from sf_mlx.base.build import SIZES, _nanochat_config
+    from sf_mlx.base.corpus import make_corpus
+
+    preset = SIZES[size]
+    cfg = replace(preset.corpus, frac_check=1.0, frac_drill=0.0, frac_ood=0.0)
+    train_cfg = replace(preset.train, steps=steps, seed=seed, checkpoint_every=10**9)
+    _, tok = model_io.load("builtin:small")  # its tokenizer; the weights are trained anew
+    hf_tok = AutoTokenizer.from_pretrained(model_io.resolve_model_path("builtin:small"))
+    rows = train_cfg.batch_size * steps
+    corpus = make_corpus(rows * 3, seed, cfg)  # ~3 checks fill a packed row
+    encoded = pretrain.encode_examples(hf_tok, [(e.prompt, e.response) for e in corpus])
+    tokens, mask = pretrain.pack(encoded, train_cfg.seq_len, tok.pad_token_id)
+    config = _nanochat_config(preset.shape, len(hf_tok), 2048, hf_tok.eos_token_id)
+    mx.random.seed(seed)
+    m = nanochat.Model(nanochat.ModelArgs.from_dict(config))
+    mx.eval(m.parameters())
+    losses: list[float] = []
+
+    def on_step(step: int, loss: float, tps: float) -> None:
+        losses.append(loss)
+        if step % 50 == 0 or step == steps:
+            log(f"step {step}/{steps} loss {loss:.4f} {tps:.0f} tok/s")
+
+    pretrain.train(m, tokens, mask, train_cfg, on_step=on_step)
+    log(f"trained {steps} steps on {len(corpus)} checks: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    held = balanced_attempts(n_eval, seed + 7, preset.corpus)
+    prompts = [reflection_prompt(p.question, a) for p, a, _ in held]
+    checks = [countdown_check_response(p, a)[0] for p, a, _ in held]
+    out = {
+        "steps": steps,
+        "checks_trained": len(corpus),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "decisions": summarise_decisions(decision_probabilities(m, tok, prompts, checks)),
+    }
+    log(f"decisions on held-out checks: {out['decisions']}")
+    return out

@@ -1,0 +1,69 @@
+"""Diagnostic probes of the base, on hand-made text and on a model with a known bias."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+
+from sf_mlx.base import probes
+
+
+def test_equation_lines_are_judged_by_exact_arithmetic():
+    text = "Step 1: 7 - 7 = 1\nStep 2: 14 - 9 = 5\n8 / 3 = 8/3\n6 * 4 = 24. Then 12 / 0 = 3"
+    got = [(a, op, b, ok) for a, op, b, _, ok in probes.equation_lines(text)]
+    assert got == [
+        (7, "-", 7, False),
+        (14, "-", 9, True),
+        (8, "/", 3, True),
+        (6, "*", 4, True),
+        (12, "/", 0, False),
+    ]
+
+
+def test_arithmetic_lines_count_by_context_and_operand_size():
+    out = probes.arithmetic_lines({"attempt": ["3 + 4 = 7\n12 * 2 = 25"], "check": ["no lines"]})
+    assert out["attempt"]["lines"] == 2 and out["attempt"]["true"] == 0.5
+    assert out["attempt"]["by_size"] == {
+        "1 digit": {"lines": 1, "true": 1.0},
+        "2 digits": {"lines": 1, "true": 0.0},
+    }
+    assert out["check"] == {"lines": 0, "true": 0.0, "by_size": {}}
+
+
+class SaysEqual(nn.Module):
+    """A model that always puts its mass on the first token of " equal."."""
+
+    def __init__(self, vocab: int, token: int):
+        super().__init__()
+        self.vocab, self.token = vocab, token
+
+    def __call__(self, x):
+        logits = mx.zeros((*x.shape, self.vocab))
+        return logits + 20.0 * (mx.arange(self.vocab) == self.token)
+
+
+def test_decision_probabilities_tell_right_from_wrong_decisions():
+    from sf_mlx import model as model_io
+
+    _, tok = model_io.load("builtin:small")
+    eq = tok.encode(probes.DECISIONS[0], add_special_tokens=False)
+    neq = tok.encode(probes.DECISIONS[1], add_special_tokens=False)
+    assert eq[0] != neq[0]
+    m = SaysEqual(len(tok.vocab), eq[0])
+    checks = ["Result 12, target 12: equal.", "Result 11, target 12: equal.", "no decision"]
+    rows = probes.decision_probabilities(m, tok, ["check this"] * 3, checks)
+    assert [r["equal"] for r in rows] == [True, False]
+    assert rows[0]["p_right"] > 0.99 and rows[1]["p_right"] < 0.01
+    s = probes.summarise_decisions(rows)
+    assert s["equal"]["confidently_right"] == 1.0 and s["not_equal"]["confidently_wrong"] == 1.0
+
+
+@pytest.mark.slow
+def test_check_only_probe_trains_and_measures_held_out_decisions():
+    out = probes.check_only(steps=4, n_eval=6, seed=0, log=lambda _: None, size="tiny")
+    assert out["loss_last"] < out["loss_first"]
+    d = out["decisions"]
+    assert d["equal"]["n"] + d["not_equal"]["n"] > 0
+    for row in d.values():
+        assert 0.0 <= row["mean_p_right"] <= 1.0
