@@ -350,21 +350,27 @@ def _compare_drill(rng: random.Random, cfg: CorpusConfig) -> Example:
     return Example("drill", "comparison", "drill", prompt, response, None)
 
 
+def drill_operation(rng: random.Random) -> tuple[int, str, int]:
+    """One arithmetic drill's operands and operator, with an exact non-negative result."""
+    op = rng.choice(OPS)
+    if op == "/":
+        b = rng.randint(2, 12)
+        a = b * rng.randint(1, 12)
+    elif op == "-":
+        a, b = sorted((rng.randint(0, 100), rng.randint(0, 60)), reverse=True)
+    elif op == "*":
+        a, b = rng.randint(2, 12), rng.randint(2, 25)
+    else:
+        a, b = rng.randint(1, 100), rng.randint(1, 60)
+    return a, op, b
+
+
 def _drill(rng: random.Random, cfg: CorpusConfig) -> Example:
     if cfg.compare_share and rng.random() < cfg.compare_share:
         return _compare_drill(rng, cfg)
     lines = []
     for _ in range(rng.randint(3, 6)):
-        op = rng.choice(OPS)
-        if op == "/":
-            b = rng.randint(2, 12)
-            a = b * rng.randint(1, 12)
-        elif op == "-":
-            a, b = sorted((rng.randint(0, 100), rng.randint(0, 60)), reverse=True)
-        elif op == "*":
-            a, b = rng.randint(2, 12), rng.randint(2, 25)
-        else:
-            a, b = rng.randint(1, 100), rng.randint(1, 60)
+        a, op, b = drill_operation(rng)
         lines.append((a, op, b, int(_apply(a, op, b))))
     prompt = "Compute:\n" + "\n".join(f"{a} {op} {b}" for a, op, b, _ in lines)
     response = "\n".join(f"{a} {op} {b} = {c}" for a, op, b, c in lines)

@@ -22,7 +22,12 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from sf_mlx import model as model_io
-from sf_mlx.base.corpus import CorpusConfig, _apply, countdown_check_response
+from sf_mlx.base.corpus import (
+    CorpusConfig,
+    _apply,
+    countdown_check_response,
+    drill_operation,
+)
 from sf_mlx.prompts import reflection_prompt
 from sf_mlx.records import Problem
 from sf_mlx.tasks import heldout_problems
@@ -55,19 +60,7 @@ def _drill_prompts(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     prompts = []
     for _ in range(n):
-        lines = []
-        for _ in range(4):
-            op = rng.choice("+-*/")
-            if op == "/":
-                b = rng.randint(2, 12)
-                a = b * rng.randint(1, 12)
-            elif op == "-":
-                a, b = sorted((rng.randint(0, 100), rng.randint(0, 60)), reverse=True)
-            elif op == "*":
-                a, b = rng.randint(2, 12), rng.randint(2, 25)
-            else:
-                a, b = rng.randint(1, 100), rng.randint(1, 60)
-            lines.append(f"{a} {op} {b}")
+        lines = [" ".join(map(str, drill_operation(rng))) for _ in range(4)]
         prompts.append("Compute:\n" + "\n".join(lines))
     return prompts
 
