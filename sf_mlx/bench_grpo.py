@@ -19,6 +19,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from sf_mlx.stages import grpo
+from sf_mlx.stages import grpo_objective as objective
 
 
 @contextmanager
@@ -67,7 +68,7 @@ def _reference_minibatches(model, batch: grpo.RolloutBatch, pad_id: int, cfg) ->
         old = mx.stop_gradient(_reference_logprobs(model, tokens, cfg.temperature)[0])
         ref = None
         if cfg.beta:
-            with grpo.adapters_disabled(model):
+            with objective.adapters_disabled(model):
                 ref = mx.stop_gradient(_reference_logprobs(model, tokens, cfg.temperature)[0])
         mx.eval(old, *([ref] if ref is not None else []))
         out.append((tokens, mask, old, ref, mx.array(adv[rows], mx.float32), keep))
@@ -75,10 +76,12 @@ def _reference_minibatches(model, batch: grpo.RolloutBatch, pad_id: int, cfg) ->
 
 
 def _reference_loss(model, tokens, mask, old, ref, adv, keep, cfg):
-    variant = grpo.VARIANTS[cfg.variant]
+    variant = objective.VARIANTS[cfg.variant]
     logp, entropy = _reference_logprobs(model, tokens, cfg.temperature)
-    per_token, clipped = grpo.clipped_objective(logp, old, adv, cfg.epsilon_low, cfg.epsilon_high)
-    kl = grpo.k3_kl(logp, ref) if ref is not None else mx.zeros_like(logp)
+    per_token, clipped = objective.clipped_objective(
+        logp, old, adv, cfg.epsilon_low, cfg.epsilon_high
+    )
+    kl = objective.k3_kl(logp, ref) if ref is not None else mx.zeros_like(logp)
     if cfg.beta:
         per_token = per_token + cfg.beta * kl
     rows, n_tok = keep.sum().item(), mask.sum().item()

@@ -12,16 +12,17 @@ import pytest
 
 from sf_mlx.config import GrpoConfig
 from sf_mlx.stages import grpo
+from sf_mlx.stages import grpo_objective as objective
 
 
 def test_equal_rewards_give_zero_advantage_in_both_variants():
     rewards = np.array([[1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
-    for variant in grpo.VARIANTS.values():
+    for variant in objective.VARIANTS.values():
         adv = variant.advantages(rewards)
         assert np.all(adv[0] == 0) and np.all(adv[2] == 0)
         assert adv[1, 1] > 0 > adv[1, 0]
-    np.testing.assert_allclose(grpo.grpo_advantages(rewards)[1], [-1, 1, -1, 1], atol=1e-3)
-    np.testing.assert_allclose(grpo.dr_grpo_advantages(rewards)[1], [-0.5, 0.5, -0.5, 0.5])
+    np.testing.assert_allclose(objective.grpo_advantages(rewards)[1], [-1, 1, -1, 1], atol=1e-3)
+    np.testing.assert_allclose(objective.dr_grpo_advantages(rewards)[1], [-0.5, 0.5, -0.5, 0.5])
 
 
 def test_clip_bounds_are_honoured():
@@ -31,15 +32,15 @@ def test_clip_bounds_are_honoured():
         (1.0, [-0.5, -0.9, -1.1, -1.28]),  # A > 0: ratio capped at 1 + eps_high
         (-1.0, [0.8, 0.9, 1.1, 2.0]),  # A < 0: ratio floored at 1 - eps_low
     ):
-        loss, clipped = grpo.clipped_objective(logp, old, mx.array([a]), 0.2, 0.28)
+        loss, clipped = objective.clipped_objective(logp, old, mx.array([a]), 0.2, 0.28)
         np.testing.assert_allclose(np.array(loss)[0], expect, rtol=1e-5)
         assert np.array(clipped)[0].tolist() == ([0, 0, 0, 1] if a > 0 else [1, 0, 0, 0])
 
 
 def test_k3_kl_is_zero_at_equal_policies_and_positive_otherwise():
     a = mx.array([[-1.0, -2.0]])
-    assert np.allclose(np.array(grpo.k3_kl(a, a)), 0)
-    assert np.all(np.array(grpo.k3_kl(a, a - 0.5)) > 0)
+    assert np.allclose(np.array(objective.k3_kl(a, a)), 0)
+    assert np.all(np.array(objective.k3_kl(a, a - 0.5)) > 0)
 
 
 class Toy(nn.Module):
@@ -71,16 +72,16 @@ def test_completion_mask_covers_completion_tokens_only():
     assert mask.tolist()[3][:2] == [1, 1] and sum(mask.tolist()[3]) == 2
 
 
-@pytest.mark.parametrize("name", sorted(grpo.VARIANTS))
+@pytest.mark.parametrize("name", sorted(objective.VARIANTS))
 def test_first_pass_ratio_is_one_and_zero_advantage_gives_zero_gradient(name):
     model, tokens, mask = _toy_batch()
-    old = mx.stop_gradient(grpo.sequence_logprobs(model, tokens))
-    logp = grpo.sequence_logprobs(model, tokens)
+    old = mx.stop_gradient(objective.sequence_logprobs(model, tokens))
+    logp = objective.sequence_logprobs(model, tokens)
     assert np.array_equal(np.array(mx.exp(logp - old)), np.ones(logp.shape, dtype=np.float32))
-    variant = grpo.VARIANTS[name]
+    variant = objective.VARIANTS[name]
 
     def loss_fn(m, adv):
-        return grpo.grpo_loss(
+        return objective.grpo_loss(
             m, tokens, mask, old, None, adv, 0.2, 0.28, 0.0, 1.0, variant.row_loss, 4
         )[0]
 
@@ -96,7 +97,7 @@ def test_sequence_logprobs_equal_a_full_log_softmax_from_any_start():
     full = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     want = np.take_along_axis(np.array(full), np.array(tokens)[:, 1:, None], axis=-1)[..., 0]
     for start in (0, 1, 3):
-        got = np.array(grpo.sequence_logprobs(model, tokens, 1.0, start))
+        got = np.array(objective.sequence_logprobs(model, tokens, 1.0, start))
         np.testing.assert_allclose(got, want[:, start:], atol=1e-5)
 
 
@@ -118,7 +119,7 @@ def test_adapters_disabled_gives_the_base_model(tiny_model_dir):
         if hasattr(mod, "lora_b"):
             mod.lora_b = mx.ones_like(mod.lora_b) * 0.01
     assert not np.allclose(np.array(m(x)), base, atol=1e-5)
-    with grpo.adapters_disabled(m):
+    with objective.adapters_disabled(m):
         np.testing.assert_allclose(np.array(m(x)), base, atol=1e-5)
     assert not np.allclose(np.array(m(x)), base, atol=1e-5)  # restored afterwards
 
@@ -250,7 +251,7 @@ def _reference_loss(m, batch, cfg, old, ref):
     ratio = mx.exp(logp - (mx.stop_gradient(logp) if old is None else old))
     per_token = -mx.minimum(ratio * adv, mx.clip(ratio, 1 - 0.2, 1 + 0.28) * adv)
     if cfg.beta:
-        per_token = per_token + cfg.beta * grpo.k3_kl(logp, ref)
+        per_token = per_token + cfg.beta * objective.k3_kl(logp, ref)
     sums, counts = (per_token * mask).sum(axis=1), mask.sum(axis=1)
     rows = keep.sum()
     if cfg.variant == "grpo":
@@ -260,7 +261,7 @@ def _reference_loss(m, batch, cfg, old, ref):
     return sums.sum() / (rows * cfg.max_tokens)
 
 
-@pytest.mark.parametrize("variant", sorted(grpo.VARIANTS))
+@pytest.mark.parametrize("variant", sorted(objective.VARIANTS))
 @pytest.mark.parametrize("overlong_filter", [False, True])
 @pytest.mark.parametrize("beta", [0.0, 0.1])
 def test_skipping_and_micro_batches_give_the_plain_full_batch_gradient(
@@ -288,7 +289,7 @@ def test_skipping_and_micro_batches_give_the_plain_full_batch_gradient(
     grads, stats, _ = grpo.minibatch_gradient(model, mini, cfg)
 
     ref = mx.stop_gradient(
-        grpo.sequence_logprobs(
+        objective.sequence_logprobs(
             model, *grpo.pad_sequences(batch.prompts, batch.completions, 10)[:1], cfg.temperature
         )
     )
