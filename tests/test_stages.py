@@ -126,3 +126,21 @@ def test_budget_forcing_cuts_the_standard_generation_and_forces_one_more_attempt
     assert forced[0].text.startswith(head) and forced[0].text != head
     assert len(tok.encode(forced[0].text[len(head) :], add_special_tokens=False)) <= budget + 2
     assert forced[1] is gens[1]
+
+
+@pytest.mark.parametrize("recipe_name", ["countdown-small", "countdown-paper"])
+def test_eval_pools_hold_distinct_held_out_questions(recipe_name):
+    from sf_mlx.stages.problems import _key, eval_pools, training_pools
+    from sf_mlx.tasks import heldout
+
+    recipe = load_recipe(recipe_name)
+    pools: dict[str, list[Problem]] = {}
+    for p in eval_pools(recipe):
+        pools.setdefault(p.split, []).append(p)
+    assert len(pools) == len(recipe.problems.eval_num_args) + len(recipe.problems.ood_tasks)
+    train_keys = {_key(p) for pool in training_pools(recipe) for p in pool}
+    for split, pool in pools.items():
+        keys = [_key(p) for p in pool]
+        assert len(pool) == recipe.problems.n_eval, split
+        assert len(set(keys)) == len(keys), f"{split}: {len(keys) - len(set(keys))} repeated"
+        assert all(heldout(p) for p in pool) and not train_keys & set(keys)

@@ -62,12 +62,30 @@ def training_pools(recipe: Recipe) -> tuple[list[Problem], list[Problem]]:
     return sft, rl
 
 
+def distinct_heldout(task: str, n: int, seed: int, **params) -> list[Problem]:
+    """`n` held-out problems with no two alike (Countdown: the same numbers in any order and
+    the same target), in the order of the seeded stream."""
+    for m in (n, 2 * n, 4 * n, 8 * n):
+        seen: set[str] = set()
+        out = []
+        for p in heldout_problems(task, m, seed, **params):
+            if _key(p) not in seen:
+                seen.add(_key(p))
+                out.append(p)
+        if len(out) >= n:
+            return out[:n]
+    raise ValueError(
+        f"only {len(out)} distinct held-out {task} problems exist for {params}, but n_eval = {n}"
+    )
+
+
 def eval_pools(recipe: Recipe) -> list[Problem]:
-    """Held-out problems per evaluated variant: countdown-N for each N, then the OOD tasks."""
+    """Held-out problems per evaluated variant: countdown-N for each N, then the OOD tasks;
+    no question appears twice in a pool."""
     cfg = recipe.problems
     out: list[Problem] = []
     for k in cfg.eval_num_args:
-        made = heldout_problems(
+        made = distinct_heldout(
             "countdown",
             cfg.n_eval,
             recipe.run.seed + 1000 + k,
@@ -80,7 +98,7 @@ def eval_pools(recipe: Recipe) -> list[Problem]:
         )
         out += [replace(p, split=f"eval/countdown-{k}") for p in made]
     for task in cfg.ood_tasks:
-        made = heldout_problems(task, cfg.n_eval, recipe.run.seed + 2000)
+        made = distinct_heldout(task, cfg.n_eval, recipe.run.seed + 2000)
         out += [replace(p, split=f"eval/{task}") for p in made]
     return out
 
