@@ -393,19 +393,53 @@ def resolve_recipe_path(
     return path
 
 
+def _recipe_data(path: Path, recipes_dir, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file's {section: {key: value}}, merged over the recipe it `extends` (if any)."""
+    if path.resolve() in chain:
+        names = " -> ".join(p.stem for p in (*chain, path.resolve()))
+        raise ValueError(f"{path}: recipes extend each other in a cycle ({names})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ValueError(f"{path}: extends must name one recipe, got {parent!r}")
+    try:
+        base = _recipe_data(
+            resolve_recipe_path(parent, recipes_dir or path.parent),
+            recipes_dir,
+            (*chain, path.resolve()),
+        )
+    except ValueError as e:
+        raise ValueError(f"{path}: extends {parent!r}: {e}") from e
+    merged = {k: dict(v or {}) if isinstance(v, dict) else v for k, v in base.items()}
+    if isinstance(merged.get("run"), dict):
+        merged["run"].pop("name", None)  # a run's default folder is named after its own recipe
+    for section, kv in data.items():
+        if isinstance(kv, dict) and isinstance(merged.get(section), dict):
+            merged[section].update(kv)
+        else:
+            merged[section] = kv
+    return merged
+
+
 def load_recipe(
     path_or_name: str | os.PathLike[str],
     overrides: typing.Iterable[str] = (),
     recipes_dir: str | os.PathLike[str] | None = None,
 ) -> Recipe:
-    """Load a recipe file (or `recipes/<name>.yaml`), then apply `--set` style overrides."""
+    """Load a recipe file (or `recipes/<name>.yaml`), then apply `--set` style overrides.
+
+    A recipe may start with `extends: NAME`: it is that recipe with this file's keys changed."""
     path = resolve_recipe_path(path_or_name, recipes_dir)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from e
-    if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    data = _recipe_data(path, recipes_dir)
     try:
         recipe = recipe_from_dict(data)
     except ValueError as e:

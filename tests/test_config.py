@@ -177,3 +177,43 @@ def test_sections_are_frozen():
 def test_a_renamed_key_still_loads_an_older_recipe(recipes):
     (recipes / "old.yaml").write_text("grpo:\n  advantage: dr_grpo\n")
     assert load_recipe("old", recipes_dir=recipes).grpo.variant == "dr_grpo"
+
+
+def test_ablation_recipes_are_countdown_small_plus_their_one_change():
+    from sf_mlx.config import recipe_to_dict
+
+    parent = recipe_to_dict(load_recipe("countdown-small"))
+    changed = {}
+    for name in ("ablation-no-order", "ablation-no-reflections", "ablation-single-variant"):
+        child = recipe_to_dict(load_recipe(name))
+        changed[name] = {
+            f"{s}.{k}"
+            for s, kv in child.items()
+            for k, v in kv.items()
+            if v != parent[s][k] and f"{s}.{k}" != "run.description"
+        }
+    assert changed["ablation-no-order"] == {"rearrange.format"}
+    assert changed["ablation-no-reflections"] == {"rearrange.format"}
+    # one variant instead of four, at the same number of samples per problem
+    assert changed["ablation-single-variant"] == {"sample.variants", "sample.n_samples"}
+    single = load_recipe("ablation-single-variant").sample
+    small = load_recipe("countdown-small").sample
+    assert len(single.variants) * single.n_samples == len(small.variants) * small.n_samples
+
+
+def test_extends_merges_over_the_parent_and_refuses_a_cycle(recipes):
+    (recipes / "child.yaml").write_text("extends: tiny\nsft:\n  iters: 7\n")
+    child, parent = (
+        load_recipe("child", recipes_dir=recipes),
+        load_recipe("tiny", recipes_dir=recipes),
+    )
+    assert child.sft.iters == 7 and child.run == parent.run
+    assert dataclasses.replace(child, sft=parent.sft) == parent
+    (recipes / "a.yaml").write_text("extends: b\n")
+    (recipes / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ValueError, match="cycle") as e:
+        load_recipe("a", recipes_dir=recipes)
+    assert "\n" not in str(e.value)
+    (recipes / "orphan.yaml").write_text("extends: nope\n")
+    with pytest.raises(ValueError, match="no recipe named 'nope'"):
+        load_recipe("orphan", recipes_dir=recipes)
