@@ -145,7 +145,13 @@ class SftConfig(_Section):
     dropout: float = _f(0.0, "LoRA dropout", min=0.0)
     num_layers: int = _f(-1, "layers (from the top) that get LoRA adapters; -1: all", min=-1)
     learning_rate: float = _f(1e-4, "peak learning rate", min=0.0)
-    iters: int = _f(200, "optimizer steps", min=1)
+    iters: int = _f(200, "optimizer steps (when epochs is 0)", min=1)
+    epochs: float = _f(
+        0.0,
+        "passes over the training rows; > 0 sizes the run in epochs (steps = epochs x batches, "
+        "rounded up) whatever the number of traces, and iters is ignored",
+        min=0.0,
+    )
     batch_size: int = _f(4, "traces per step", min=1)
     warmup: int = _f(10, "linear warmup steps", min=0)
     max_seq_len: int = _f(1024, "longest training sequence in tokens (longer are cut)", min=1)
@@ -201,7 +207,7 @@ class GrpoConfig(_Section):
             )
 
 
-_ARMS = ("base", "sft", "sft_grpo", "rl_only", "star_grpo")
+_ARMS = ("base", "sft", "star", "sft_grpo", "rl_only", "star_grpo")
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,10 @@ class EvaluateConfig(_Section):
         256, "budget forcing: extra tokens allowed after the first stop (0: off)", min=0
     )
     arms: tuple[str, ...] = _f(
-        _ARMS, "models compared: base, sft, sft_grpo, rl_only, star_grpo", _ARMS
+        _ARMS,
+        "models compared: base, sft (SkillFactory SFT), star (STaR SFT), and after GRPO sft_grpo, "
+        "rl_only, star_grpo",
+        _ARMS,
     )
 
 

@@ -102,7 +102,7 @@ def stage_plan(recipe: Recipe) -> list[str]:
     """The stages a recipe runs: every data stage, then what its arms need."""
     arms = set(recipe.evaluate.arms)
     wanted = {
-        "star": "star_grpo" in arms,
+        "star": bool({"star", "star_grpo"} & arms),
         "grpo/sft_grpo": "sft_grpo" in arms,
         "grpo/rl_only": "rl_only" in arms,
         "grpo/star_grpo": "star_grpo" in arms,

@@ -41,7 +41,7 @@ def test_defaults():
     assert r.sample.variants == ("original", "plan_and_execute", "alternatively", "rephrase")
     assert r.sft.method == "lora" and r.sft.learning_rate == 1e-4 and r.sft.num_layers == -1
     assert r.grpo.epsilon_high == 0.28 and r.grpo.lora_rank == 8
-    assert r.evaluate.arms == ("base", "sft", "sft_grpo", "rl_only", "star_grpo")
+    assert r.evaluate.arms == ("base", "sft", "star", "sft_grpo", "rl_only", "star_grpo")
     assert list(SECTIONS) == [f.name for f in dataclasses.fields(Recipe)]
 
 

@@ -65,6 +65,7 @@ def test_report_numbers_are_recomputed_from_generations(tiny_run):
     summary = read_json(tiny_run.eval_dir / "summary.json")
     report = tiny_run.report.read_text()
     assert summary
+    assert "star" in summary and "STaR SFT" in report  # the STaR model before RL: the paper's row
     for arm, cells in summary.items():
         for task, cell in cells.items():
             rows = read_jsonl(tiny_run.eval_dir / arm / f"{task}.jsonl", EvalResult)

@@ -185,3 +185,13 @@ def test_full_fine_tuning_trains_everything_and_saves_a_model(tiny_model_dir, tm
     assert b.keys() == t.keys()
     assert all(not np.array_equal(np.array(b[k]), np.array(t[k])) for k in b if "weight" in k)
     assert not np.allclose(_logits(base, tok), _logits(tuned, tok), atol=1e-4)
+
+
+def test_epochs_size_the_run_whatever_the_number_of_traces():
+    from sf_mlx.config import SftConfig
+    from sf_mlx.stages.sft import sized
+
+    assert sized(SftConfig(iters=150), 70).iters == 150  # epochs 0: iters as given
+    assert sized(SftConfig(iters=150, epochs=2.0), 70).iters == 140
+    assert sized(SftConfig(iters=150, epochs=1.5), 125).iters == 188  # rounded up
+    assert sized(SftConfig(epochs=0.001), 3).iters == 1

@@ -36,10 +36,11 @@ def arm_model(run: RunDir, recipe: Recipe, arm: str) -> tuple[str, str | None]:
 
     if arm == "base":
         return recipe.run.model, None
-    if arm == "sft":
+    if arm in ("sft", "star"):
+        folder = run.sft_dir if arm == "sft" else run.path / "star"
         if recipe.sft.method == "full":
-            return str(run.sft_dir / "model"), None
-        return recipe.run.model, str(run.sft_dir / "adapters")
+            return str(folder / "model"), None
+        return recipe.run.model, str(folder / "adapters")
     return starting_model(run, recipe, arm), str(run.grpo_dir(arm) / "adapters")
 
 

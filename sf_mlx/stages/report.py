@@ -17,6 +17,7 @@ STAGE = "report"
 ARM_LABELS = {
     "base": "base model",
     "sft": "SkillFactory SFT",
+    "star": "STaR SFT",
     "sft_grpo": "SkillFactory -> GRPO",
     "rl_only": "RL-only (GRPO from base)",
     "star_grpo": "STaR -> GRPO",

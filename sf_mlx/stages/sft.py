@@ -8,7 +8,9 @@ Algorithm (`train_sft`, for any mlx-lm chat JSONL: silver traces, STaR data, ...
    (counted); a row left with no answer token is dropped (counted).
 2. Rows sorted by length are cut into fixed batches of `batch_size` (the last may be smaller);
    each epoch visits every batch once, in the order `default_rng([seed, epoch]).permutation`,
-   so step k's batch is a pure function of (seed, k). Batches are right-padded.
+   so step k's batch is a pure function of (seed, k). Batches are right-padded. The run is
+   `iters` steps, or, with `epochs` > 0, epochs x batches (rounded up), so a recipe means the
+   same amount of training whatever the number of traces.
 3. Loss: cross-entropy of each next token, summed over the masked tokens of the batch and
    divided by their count (token-weighted mean). AdamW (weight decay 0), linear warmup from 1% of
    the peak lr over `warmup` steps, then cosine decay to 0 at `iters`; gradient norm clipped to
@@ -33,6 +35,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +110,13 @@ def make_batches(examples: list[Example], batch_size: int, pad_id: int) -> list[
             mask[r, : len(m)] = m
         batches.append((tokens, mask))
     return batches
+
+
+def sized(cfg: SftConfig, n_batches: int) -> SftConfig:
+    """`cfg` with `iters` set from `epochs` when the run is sized in epochs."""
+    if cfg.epochs <= 0:
+        return cfg
+    return replace(cfg, iters=max(1, math.ceil(cfg.epochs * n_batches)))
 
 
 def batch_for_step(n_batches: int, step: int, seed: int) -> int:
@@ -302,9 +312,11 @@ def train_sft(
             save_model_folder(model, tokenizer, model_path, out)
 
     trainable, total = count_params(model)
+    train_batches = make_batches(train_ex, cfg.batch_size, pad_id)
+    cfg = sized(cfg, len(train_batches))
     stats = train(
         model,
-        make_batches(train_ex, cfg.batch_size, pad_id),
+        train_batches,
         make_batches(valid_ex, cfg.batch_size, pad_id),
         cfg,
         seed,
