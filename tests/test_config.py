@@ -207,8 +207,10 @@ def test_extends_merges_over_the_parent_and_refuses_a_cycle(recipes):
         load_recipe("child", recipes_dir=recipes),
         load_recipe("tiny", recipes_dir=recipes),
     )
-    assert child.sft.iters == 7 and child.run == parent.run
-    assert dataclasses.replace(child, sft=parent.sft) == parent
+    # every key but the changed one comes from the parent; the run's name is the child's own
+    assert child.sft.iters == 7 and parent.run.name == "tiny" and child.run.name == ""
+    named = dataclasses.replace(child.run, name=parent.run.name)
+    assert dataclasses.replace(child, sft=parent.sft, run=named) == parent
     (recipes / "a.yaml").write_text("extends: b\n")
     (recipes / "b.yaml").write_text("extends: a\n")
     with pytest.raises(ValueError, match="cycle") as e:
