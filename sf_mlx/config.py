@@ -20,7 +20,21 @@ import yaml
 from sf_mlx.rundir import write_text_atomic
 from sf_mlx.traces import FORMATS
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+def _recipes_dir() -> Path:
+    """The recipes: the source tree's top-level recipes/ (a checkout or an editable install),
+    else the installed package data `sf_mlx.recipes` (a wheel: `pip install .`, pipx)."""
+    source = Path(__file__).resolve().parents[1] / "recipes"
+    if source.is_dir():
+        return source
+    import importlib.util
+
+    spec = importlib.util.find_spec("sf_mlx.recipes")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else source
+
+
+RECIPES_DIR = _recipes_dir()
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _INT = re.compile(r"[+-]?\d+")

@@ -6,6 +6,7 @@ Nothing here loads a model: the `recipe` test only gets as far as the failing `b
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -380,3 +381,31 @@ def test_recipe_bad_model_keeps_problems(tmp_path: Path, monkeypatch):
     line = error_line(result)
     assert "different recipe" in line and "sft.iters" in line
     assert (run / "problems.jsonl").read_bytes() == written
+
+
+@pytest.mark.slow
+def test_a_built_wheel_finds_the_recipes_outside_the_source_tree(tmp_path):
+    """`pip install .` / pipx: the recipes ship inside the wheel and load from the install."""
+    root = Path(__file__).resolve().parents[1]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", tmp_path / "dist", root], check=True)
+    (wheel,) = (tmp_path / "dist").glob("sf_mlx-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    code = (
+        "import sf_mlx.config as c, sys; assert str(c.RECIPES_DIR).startswith(sys.argv[1]); "
+        "from sf_mlx.cli import app; app(['config', 'ablation-no-order'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(site)],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "format: no_order" in out.stdout and "epochs: 2" in out.stdout
