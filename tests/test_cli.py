@@ -244,9 +244,9 @@ def _config(*sets: str) -> dict:
 
 
 def test_config_override():
-    assert _config()["sft"]["iters"] == 150  # recipes/countdown-small.yaml
-    resolved = _config("sft.iters=50")
-    assert resolved["sft"]["iters"] == 50
+    assert _config()["sft"]["epochs"] == 2  # recipes/countdown-small.yaml
+    resolved = _config("sft.epochs=0.5")
+    assert resolved["sft"]["epochs"] == 0.5
     assert resolved["run"]["model"] == "builtin:small"
     assert resolved["grpo"]["steps"] == 20
 
