@@ -2,7 +2,7 @@
 
 Parsing 100k rollouts is seconds of pure-Python work. In a thread it holds the GIL for most of
 that time, and Textual's event loop waits for it: a key pressed during the read took 2.3 s to be
-handled (`sf-mlx bench tui`, session 2). Here a child process reads the record files, keeps them,
+handled (`sf-mlx bench tui`). Here a child process reads the record files, keeps them,
 and filters them; the app receives only the page its table shows (at most `limit` items, with the
 problems and source records those items link to), which unpickles in milliseconds.
 

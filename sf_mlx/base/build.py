@@ -44,8 +44,8 @@ SIZES: dict[str, SizePreset] = {
             countdown_args={2: 0.85, 3: 0.15}, frac_check=0.10, frac_ood=0.0, plain_prompt_share=1.0
         ),
     ),
-    # The shipped default base model (sf_mlx/data/base-small): 78 min wall on session 6's 2 cores
-    # (1,800 steps at ~3,100 tok/s); session 4's slower cores took 2 h for 1,300 steps.
+    # The shipped default base model (sf_mlx/data/base-small): 78 min wall on 2 x86 cores
+    # (1,800 steps at ~3,100 tok/s); slower cores take about 2 h.
     "small": SizePreset(
         shape=ModelShape(256, 4, 4, 4, 1024),
         train=TrainConfig(

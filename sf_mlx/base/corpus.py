@@ -327,9 +327,9 @@ def _literals(expr: str) -> list[int]:
 
 def _compare_drill(rng: random.Random, cfg: CorpusConfig) -> Example:
     """Result-vs-target decisions in the checks' own words, half of them equal, most of the rest
-    one digit off or swapped. The session-3 base saw only its checks' ~8k decisions and decided
-    against the two numbers it had written in 73 of 200 checks (`Result 46, target 46: not
-    equal.`); with these drills a small model trained from scratch did so far less (README)."""
+    one digit off or swapped. A base trained on its checks' ~8k decisions alone decided against
+    the two numbers it had written in 73 of 200 checks (`Result 46, target 46: not equal.`);
+    with these drills a small model trained from scratch did so far less (README)."""
     pairs = []
     for _ in range(rng.randint(6, 10)):
         target = rng.randint(cfg.min_target, cfg.max_target)
