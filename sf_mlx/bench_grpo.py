@@ -50,16 +50,10 @@ def _reference_logprobs(model, tokens, temperature):
 
 def _reference_minibatches(model, batch: grpo.RolloutBatch, pad_id: int, cfg) -> list[tuple]:
     """Each mini-batch padded whole, with its separately computed logp_old (and reference)."""
-    g = cfg.group_size
-    n_groups = len(batch.problem_idx)
     adv = batch.advantages.reshape(-1)
     out = []
-    for s in range(0, n_groups, cfg.minibatch_prompts):
-        rows = [
-            gi * g + j
-            for gi in range(s, min(s + cfg.minibatch_prompts, n_groups))
-            for j in range(g)
-        ]
+    n_groups = len(batch.problem_idx)
+    for rows in grpo.minibatch_rows(n_groups, cfg.group_size, cfg.minibatch_prompts):
         tokens, mask = grpo.pad_sequences(
             [batch.prompts[r] for r in rows], [batch.completions[r] for r in rows], pad_id
         )

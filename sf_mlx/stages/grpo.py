@@ -202,21 +202,27 @@ class MiniBatch:
     loss_tokens: int  # completion tokens in the loss (the denominator of clip fraction and KL)
 
 
+def minibatch_rows(n_groups: int, group_size: int, minibatch_prompts: int) -> list[list[int]]:
+    """Row indices of each mini-batch: `minibatch_prompts` whole groups, in order."""
+    return [
+        [
+            gi * group_size + j
+            for gi in range(s, min(s + minibatch_prompts, n_groups))
+            for j in range(group_size)
+        ]
+        for s in range(0, n_groups, minibatch_prompts)
+    ]
+
+
 def plan_update(model, batch: RolloutBatch, pad_id: int, cfg) -> list[MiniBatch]:
     """Mini-batches of `minibatch_prompts` groups, each cut into micro-batches of the rows that
     change the gradient; logp_old and the reference computed here, once per step, if needed."""
-    g, variant = cfg.group_size, VARIANTS[cfg.variant]
+    variant = VARIANTS[cfg.variant]
     adv = batch.advantages.reshape(-1)  # (N,)
-    n_groups = len(batch.problem_idx)
-    starts = range(0, n_groups, cfg.minibatch_prompts)
-    ratio_is_one = cfg.mu == 1 and len(starts) == 1  # the weights that sampled do the update
+    minibatches = minibatch_rows(len(batch.problem_idx), cfg.group_size, cfg.minibatch_prompts)
+    ratio_is_one = cfg.mu == 1 and len(minibatches) == 1  # the weights that sampled do the update
     plan = []
-    for s in starts:
-        rows = [
-            gi * g + j
-            for gi in range(s, min(s + cfg.minibatch_prompts, n_groups))
-            for j in range(g)
-        ]
+    for rows in minibatches:
         in_loss = [r for r in rows if not (cfg.overlong_filter and batch.truncated[r])]
         n_tokens = sum(len(batch.completions[r]) for r in in_loss)
         moving = in_loss if cfg.beta else [r for r in in_loss if adv[r] != 0]
