@@ -157,3 +157,31 @@ def base_probe_check_only(
         fail(f"--steps {steps} --n {n}: expected steps >= 1 and an even n >= 2")
     out = check_only(steps, n, seed, log=typer.echo, size=size)
     typer.echo(json.dumps(out, indent=2))
+
+
+@base_app.command("probe-compare")
+def base_probe_compare(
+    form: Annotated[
+        str, typer.Option(help="How the comparison is written: line, digits, single.")
+    ] = "line",
+    steps: Annotated[int, typer.Option(help="Training steps on single comparisons.")] = 100,
+    n: Annotated[int, typer.Option(help="Held-out comparisons measured.")] = 400,
+    seed: Annotated[int, typer.Option(help="Seed of examples, weights and held-out pairs.")] = 0,
+    size: Annotated[str, typer.Option(help="Architecture preset: tiny or small.")] = "small",
+) -> None:
+    """Train the base architecture on single result-vs-target comparisons in one written form,
+    then measure the decision (teacher-forced) and whole greedy responses on held-out pairs."""
+    import json
+
+    from sf_mlx.base.build import SIZES
+    from sf_mlx.base.probes import COMPARE_FORMS, compare_only
+    from sf_mlx.cli import fail
+
+    if form not in COMPARE_FORMS:
+        fail(f"--form {form!r}: expected one of {', '.join(COMPARE_FORMS)}")
+    if size not in SIZES:
+        fail(f"--size {size!r}: expected one of {', '.join(SIZES)}")
+    if steps < 1 or n < 1:
+        fail(f"--steps {steps} --n {n}: expected both >= 1")
+    out = compare_only(form, steps, n, seed, log=typer.echo, size=size)
+    typer.echo(json.dumps(out, indent=2))

@@ -95,10 +95,15 @@ class ProblemsConfig(_Section):
     n_eval: int = _f(100, "evaluation problems per task variant", min=1)
     eval_num_args: tuple[int, ...] = _f((3, 4, 5, 6), "Countdown sizes evaluated (countdown-N)")
     ood_tasks: tuple[str, ...] = _f(
-        ("multiplication", "acronym"), "out-of-domain tasks evaluated after training"
+        ("multiplication", "acronym"),
+        "out-of-domain tasks evaluated after training: `name` or `name:key=value,...`",
     )
 
     def _check(self) -> None:
+        from sf_mlx.tasks import parse_task_spec
+
+        for spec in self.ood_tasks:
+            parse_task_spec(spec)
         for lo, hi in (("min_number", "max_number"), ("min_target", "max_target")):
             if getattr(self, lo) > getattr(self, hi):
                 raise ValueError(f"problems.{lo}={getattr(self, lo)} > {hi}={getattr(self, hi)}")

@@ -294,3 +294,53 @@ def test_base_verdicts_checks_a_balanced_set_and_repeats_for_its_seed(tiny_model
     bad = CliRunner().invoke(app, [*args[:3], "--attempts", "7"])
     assert bad.exit_code == 2
     assert bad.output.strip() == "error: attempts 7: expected an even number of at least 2"
+
+
+def test_the_small_corpus_makes_search_mistakes_not_arithmetic_ones():
+    """Every equation the small preset's attempts and checks write is true; a claimed target is
+    said in words after true steps, and such an attempt is graded wrong."""
+    from sf_mlx.base.build import SIZES
+    from sf_mlx.base.probes import equation_lines
+
+    corpus = make_corpus(1500, seed=3, cfg=SIZES["small"].corpus)
+    countdown = [e for e in corpus if e.task.startswith("countdown") and e.kind != "drill"]
+    lines = [ok for e in countdown for *_, ok in equation_lines(e.response)]
+    assert len(lines) > 1000 and all(lines)
+    claims = [e for e in countdown if e.kind == "attempt" and "That makes" in e.response]
+    assert claims and not any(e.correct for e in claims)
+    # the legacy corpus (the class defaults) still writes slipped steps
+    legacy = make_corpus(1500, seed=3)
+    old = [ok for e in legacy if e.kind == "attempt" for *_, ok in equation_lines(e.response)]
+    assert 0.8 < sum(old) / len(old) < 0.99
+
+
+def test_single_comparisons_decide_from_both_numbers():
+    from dataclasses import replace
+
+    from sf_mlx.base.corpus import CorpusConfig
+
+    cfg = replace(CorpusConfig(), frac_drill=0.0, frac_compare=1.0)
+    rows = make_corpus(400, seed=0, cfg=cfg)
+    assert {(e.kind, e.task) for e in rows} == {("drill", "comparison")}
+    equal = 0
+    for e in rows:
+        r, t = (int(x) for x in e.prompt.removeprefix("Result ").split(", target "))
+        assert e.response == f"{e.prompt}: {'equal' if r == t else 'not equal'}."
+        equal += r == t
+    assert 0.4 < equal / len(rows) < 0.6
+
+
+def test_out_of_domain_attempts_follow_the_corpus_task_specs():
+    from dataclasses import replace
+
+    from sf_mlx.base.corpus import CorpusConfig
+
+    cfg = replace(
+        CorpusConfig(),
+        frac_drill=0.0,
+        frac_check=0.0,
+        frac_ood=1.0,
+        ood={"multiplication:digits=2,b_digits=1": 1, "acronym:length=3": 1},
+    )
+    rows = make_corpus(200, seed=0, cfg=cfg)
+    assert {e.task for e in rows} == {"multiplication-digits2-b_digits1", "acronym-length3"}

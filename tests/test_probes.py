@@ -67,3 +67,30 @@ def test_check_only_probe_trains_and_measures_held_out_decisions():
     assert d["equal"]["n"] + d["not_equal"]["n"] > 0
     for row in d.values():
         assert 0.0 <= row["mean_p_right"] <= 1.0
+
+
+def test_compare_forms_write_one_comparison_with_the_decision_last():
+    for form, write in probes.COMPARE_FORMS.items():
+        for r, t in ((46, 46), (45, 46), (9, 46)):
+            prompt, response = write(r, t)
+            assert response.endswith(
+                ": equal."
+                if (form == "single" and r % 10 == t % 10) or (form != "single" and r == t)
+                else ": not equal."
+            ), form
+            assert ":" in response and prompt
+    assert probes.COMPARE_FORMS["digits"](45, 46)[1] == (
+        "Result 45, target 46: 4 and 4 same, 5 and 6 differ: not equal."
+    )
+    assert "1 digits and 2 digits differ" in probes.COMPARE_FORMS["digits"](9, 46)[1]
+
+
+@pytest.mark.slow
+def test_compare_probe_trains_and_measures_decisions_and_greedy_copies():
+    out = probes.compare_only("digits", steps=3, n_eval=4, seed=0, log=lambda _: None, size="tiny")
+    assert out["loss_last"] < out["loss_first"]
+    d = out["decisions"]
+    assert d["equal"]["n"] + d["not_equal"]["n"] == 4
+    assert 0.0 <= out["greedy_exact"] <= 1.0 and len(out["greedy_examples"]) == 3
+    with pytest.raises(ValueError, match="form 'nope'"):
+        probes.compare_only("nope", steps=1, n_eval=1, seed=0)

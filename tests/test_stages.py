@@ -144,3 +144,28 @@ def test_eval_pools_hold_distinct_held_out_questions(recipe_name):
         assert len(pool) == recipe.problems.n_eval, split
         assert len(set(keys)) == len(keys), f"{split}: {len(keys) - len(set(keys))} repeated"
         assert all(heldout(p) for p in pool) and not train_keys & set(keys)
+
+
+def test_out_of_domain_pools_take_task_parameters():
+    from dataclasses import replace as dc_replace
+
+    from sf_mlx.stages.problems import eval_pools
+
+    recipe = load_recipe("countdown-tiny")
+    recipe = dc_replace(
+        recipe,
+        problems=dc_replace(
+            recipe.problems, ood_tasks=("multiplication:digits=2,b_digits=1", "acronym:length=3")
+        ),
+    )
+    pools: dict[str, list[Problem]] = {}
+    for p in eval_pools(recipe):
+        pools.setdefault(p.split, []).append(p)
+    mul = pools["eval/multiplication-digits2-b_digits1"]
+    assert mul and all(p.data["b"] < 10 <= p.data["a"] < 100 for p in mul)
+    assert all(len(p.data["words"]) == 3 for p in pools["eval/acronym-length3"])
+
+
+def test_a_bad_out_of_domain_spec_is_one_config_error():
+    with pytest.raises(ValueError, match="task spec 'acronym:size=3'"):
+        load_recipe("countdown-tiny", ["problems.ood_tasks=[acronym:size=3]"])

@@ -380,3 +380,38 @@ def test_hub_offline_error_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path
         hub.load_hub_problems("gsm8k", path="/no/such/file.jsonl")
     with pytest.raises(ValueError, match="unknown hub task"):
         hub.load_hub_problems("mmlu")
+
+
+def test_multiplication_by_a_shorter_factor() -> None:
+    ps = multiplication.make_problems(30, 0, digits=2, b_digits=1)
+    assert ps == multiplication.make_problems(30, 0, digits=2, b_digits=1)
+    for p in ps:
+        a, b = p.data["a"], p.data["b"]
+        assert len(str(a)) == 2 and 2 <= b <= 9 and multiplication.check(p, p.solution)
+        assert p.problem_id.startswith("multiplication-2x1/")
+    # without b_digits the problems are those of equal-length factors, unchanged
+    assert multiplication.make_problems(5, 0, digits=3) == multiplication.make_problems(
+        5, 0, digits=3, b_digits=3
+    )
+    with pytest.raises(ValueError, match="b_digits=3 must be in 1..2"):
+        multiplication.make_problems(1, 0, digits=2, b_digits=3)
+
+
+def test_task_specs_name_a_task_and_its_integer_parameters() -> None:
+    from sf_mlx.tasks import parse_task_spec, spec_label
+
+    assert parse_task_spec("acronym") == ("acronym", {})
+    assert parse_task_spec("multiplication:digits=2, b_digits=1") == (
+        "multiplication",
+        {"digits": 2, "b_digits": 1},
+    )
+    assert spec_label("multiplication:digits=2,b_digits=1") == "multiplication-digits2-b_digits1"
+    assert spec_label("acronym") == "acronym"
+    for bad, msg in (
+        ("acronymm", "acronym"),
+        ("acronym:lenght=3", "'lenght=3' is not key=value with a key of length, distractors"),
+        ("acronym:length", "is not key=value"),
+        ("acronym:length=three", "length must be an integer"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            parse_task_spec(bad)

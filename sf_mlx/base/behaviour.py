@@ -17,9 +17,11 @@ from sf_mlx import model as model_io
 from sf_mlx.base.corpus import CorpusConfig, countdown_attempt_example
 from sf_mlx.prompts import parse_verdict, reflection_prompt
 from sf_mlx.records import Problem
-from sf_mlx.tasks import grade, heldout_problems
+from sf_mlx.tasks import grade, heldout_problems, parse_task_spec, spec_label
 
 SKILL_TAGS = ("<sample>", "<reflect>")
+# The out-of-domain cells of a base built without its own list (`CorpusConfig.ood`).
+OOD_SPECS = ("multiplication:digits=2", "multiplication:digits=3", "acronym")
 _DECISION = re.compile(r"Result (-?[\d/]+), target (-?\d+): (equal|not equal)\.")
 
 
@@ -90,12 +92,9 @@ def measure(
         if k == 3:
             own = [(p, g.text, grade(p, g.text)[1]) for p, g in zip(probs, gens, strict=True)]
         log(f"  countdown-{k}: {out['countdown'][f'countdown-{k}']}")
-    for task, params_ in (
-        ("multiplication", {"digits": 2}),
-        ("multiplication", {"digits": 3}),
-        ("acronym", {}),
-    ):
-        label = f"{task}-{params_['digits']}" if params_ else task
+    for spec in OOD_SPECS if cfg.ood is None else list(cfg.ood):
+        task, params_ = parse_task_spec(spec)
+        label = spec_label(spec)
         probs = heldout_problems(task, max(10, n // 2), seed, **params_)
         gens = _run(m, tok, probs, [p.question for p in probs], params, seed)
         out["ood"][label] = _score(probs, gens)

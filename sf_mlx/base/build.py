@@ -56,10 +56,28 @@ SIZES: dict[str, SizePreset] = {
             warmup=60,
             checkpoint_every=100,
         ),
-        corpus_examples=95_000,
+        corpus_examples=130_000,
         vocab_size=640,
         # 1,000 per cell: with 200 the verdict agreement carried about +-7 points of noise
         eval_problems=1000,
+        corpus=CorpusConfig(
+            # mistakes of search, not of arithmetic: every equation an attempt writes is true
+            p_step_slip=0.0,
+            mistakes={"miss": 4, "claim": 2, "reuse": 2, "invent": 2},
+            claim_false_step=False,
+            # single result-vs-target comparisons: trained on these alone, the architecture
+            # learns the decision only after ~75k of them (`sf-mlx base probe-compare`, README)
+            frac_compare=0.3,
+            frac_drill=0.06,
+            # out-of-domain problems this model can partly solve
+            frac_ood=0.12,
+            ood={
+                "multiplication:digits=2,b_digits=1": 3,
+                "multiplication:digits=2": 1,
+                "acronym:length=3": 2,
+                "acronym:length=4": 1,
+            },
+        ),
     ),
 }
 

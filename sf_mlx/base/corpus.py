@@ -2,12 +2,14 @@
 
 Pure functions, no MLX. Every example is one (prompt, response) chat turn:
 - `attempt`: an answer to a task question in one of the four prompt variants' styles, from a
-  noisy solver that is right only part of the time and wrong in realistic ways (a slipped step,
-  claiming the target when off, reusing or inventing a number, a plain miss);
+  noisy solver that is right only part of the time and wrong in realistic ways (claiming the
+  target when off, reusing or inventing a number, a plain miss; the legacy corpus also slips
+  arithmetic steps);
 - `check`: the reflection prompt over one attempt; the response recomputes what it must and ends
   in `<verdict>Correct</verdict>` or `<verdict>Incorrect</verdict>`, always agreeing with the
   checker;
-- `drill`: arithmetic facts, so the small model's hard part is the search, not `12*3`.
+- `drill`: arithmetic facts, so the small model's hard part is the search, not `12*3`, and
+  single result-vs-target comparisons, the decision every check ends with.
 Never an attempt followed by a reflection and a retry in one response: that is the skill the
 SkillFactory stages must create (`assert_no_retry_structure` guards it).
 """
@@ -27,7 +29,7 @@ from sf_mlx.base.corpus_ood import (
 )
 from sf_mlx.prompts import VARIANTS, reflection_prompt, variant_prompt
 from sf_mlx.records import Problem
-from sf_mlx.tasks import count_answers, get_task, grade, heldout
+from sf_mlx.tasks import count_answers, get_task, grade, heldout, parse_task_spec, spec_label
 
 OPS = ("+", "-", "*", "/")
 RETRY_MARKERS = ("<sample>", "</sample>", "<reflect>", "</reflect>", "<think>", "</think>")
@@ -45,7 +47,9 @@ class Example:
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    """Mixture and ranges of the corpus; the `small` base's committed defaults live here."""
+    """Mixture and ranges of the corpus. The class defaults are those of the first corpus, so a
+    model card written before a field existed still names its corpus exactly; each preset in
+    `build.SIZES` sets its own values (the `small` base's are there)."""
 
     min_number: int = 1
     max_number: int = 10
@@ -58,6 +62,9 @@ class CorpusConfig:
     frac_drill: float = 0.08  # arithmetic drill lines
     compare_share: float = 0.0  # of the drills: result-vs-target comparisons
     frac_ood: float = 0.10  # out-of-domain attempts (multiplication, acronym)
+    # Which out-of-domain problems, as task specs (`multiplication:digits=2,b_digits=1`) and
+    # weights; None: 60% multiplication of 2-5 digits (weights 4, 3, 2, 1), 40% 4-letter acronyms.
+    ood: dict[str, float] | None = None
     # Countdown attempts follow a person's strategy, "nearest first": at every step combine the
     # pair whose result is closest to the target (right on about 36% of 3-number problems, by
     # itself); the rest of the attempts are realistic mistakes (a slipped step, a claimed target,
@@ -66,6 +73,15 @@ class CorpusConfig:
     p_step_slip: float = 0.08  # per step of the strategy: a slipped result that later steps trust
     pairs_considered: int = 3  # per step the strategy looks at this many pairs, not all of them
     p_lucky: float = 0.05
+    # The other attempts' mistakes and their weights: a random miss, a claimed target, a slipped
+    # step (a false equation), a reused or an invented number.
+    mistakes: dict[str, float] = field(
+        default_factory=lambda: {"miss": 4, "claim": 2, "slip": 2, "reuse": 1, "invent": 1}
+    )
+    # A claimed target: True writes the last step's result as the target (a false equation);
+    # False keeps every step true and claims the target in words after them.
+    claim_false_step: bool = True
+    frac_compare: float = 0.0  # single result-vs-target comparisons in the checks' own words
     p_correct: float = 0.55  # out-of-domain attempts: how often the noisy solver is right
     plain_prompt_share: float = 0.3  # attempts whose prompt is the plain question (SFT/RL form)
 
@@ -190,16 +206,15 @@ def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, cfg:
         )
         if value == target:  # believed; a slipped step makes it wrong all the same
             return steps, expr, "none"
-        if steps and rng.random() < 0.3:  # off by a little: writes the target anyway
-            last = steps[-1]
-            return steps[:-1] + [Step(last.a, last.op, last.b, target)], expr, "claim"
+        if steps and rng.random() < 0.3:  # off by a little: claims the target anyway
+            return _claim(steps, target, cfg), expr, "claim"
         return steps, expr, "nearest_miss"
     if r < cfg.p_strategy + cfg.p_lucky:
         for _ in range(400):
             steps, expr, value = _random_chain(rng, numbers, stop_at=target)
             if value == target:
                 return steps, expr, "none"
-    kind = rng.choices(["miss", "claim", "slip", "reuse", "invent"], [4, 2, 2, 1, 1])[0]
+    kind = rng.choices(list(cfg.mistakes), list(cfg.mistakes.values()))[0]
     pool = list(numbers)
     if kind == "reuse":  # one number written twice, another dropped
         pool[rng.randrange(len(pool))] = rng.choice(numbers)
@@ -211,9 +226,8 @@ def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, cfg:
         steps, expr, value = _random_chain(rng, pool)
         if value != target:
             break
-    if kind == "claim" and steps:  # writes the target as the last result although it is not
-        last = steps[-1]
-        steps = steps[:-1] + [Step(last.a, last.op, last.b, target)]
+    if kind == "claim" and steps:  # claims the target although the chain does not reach it
+        steps = _claim(steps, target, cfg)
     elif kind == "slip" and steps:  # one step written wrong; the expression keeps the true ops
         k = rng.randrange(len(steps))
         s = steps[k]
@@ -222,8 +236,33 @@ def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, cfg:
     return steps, expr, kind
 
 
-def _steps_block(steps: list[Step]) -> str:
-    return "\n".join(f"Step {k}: {s.text()}" for k, s in enumerate(steps, 1))
+@dataclass(frozen=True)
+class Claim:
+    """A claimed target after true steps: the attempt says it reached `target`."""
+
+    target: int
+
+    def text(self) -> str:
+        return f"That makes {self.target}."
+
+
+def _claim(steps: list, target: int, cfg: CorpusConfig) -> list:
+    """The steps of an attempt that claims the target it did not reach."""
+    if cfg.claim_false_step:  # the last step's result written as the target: a false equation
+        last = steps[-1]
+        return steps[:-1] + [Step(last.a, last.op, last.b, target)]
+    return steps + [Claim(target)]
+
+
+def _steps_block(steps: list) -> str:
+    lines, k = [], 0
+    for s in steps:
+        if isinstance(s, Claim):
+            lines.append(s.text())
+        else:
+            k += 1
+            lines.append(f"Step {k}: {s.text()}")
+    return "\n".join(lines)
 
 
 def _countdown_response(rng, style: str, numbers, target, steps, expr) -> str:
@@ -247,8 +286,10 @@ def _countdown_response(rng, style: str, numbers, target, steps, expr) -> str:
             if m_value != target:
                 line = ", ".join(s.text() for s in m_steps)
                 misses.append(f"{line}. This gives {m_value}, not {target}.")
-        final = ", ".join(s.text() for s in steps)
-        result = steps[-1].claimed if steps else target
+        eqs = [s for s in steps if isinstance(s, Step)]
+        final = ", ".join(s.text() for s in eqs)
+        claimed = next((s.target for s in steps if isinstance(s, Claim)), None)
+        result = claimed if claimed is not None else eqs[-1].claimed if eqs else target
         chosen = f"{final}. This gives {result}."
         parts = misses + [chosen]
         body = parts[0] + "".join(f"\nAlternatively, {p}" for p in parts[1:])
@@ -350,6 +391,23 @@ def _compare_drill(rng: random.Random, cfg: CorpusConfig) -> Example:
     return Example("drill", "comparison", "drill", prompt, response, None)
 
 
+def comparison_pair(rng: random.Random, cfg: CorpusConfig) -> tuple[int, int]:
+    """(result, target) as checks meet them: half equal, most others one digit off."""
+    target = rng.randint(cfg.min_target, cfg.max_target)
+    if rng.random() < 0.5:
+        return target, target
+    return max(0, target + rng.choice([-1, 1, -2, 2, -10, 10])), target
+
+
+def _comparison(rng: random.Random, cfg: CorpusConfig) -> Example:
+    """One result-vs-target decision in the checks' own words (`Result 45, target 46: not
+    equal.`): the comparison a check ends with, without the recomputation before it."""
+    result, target = comparison_pair(rng, cfg)
+    prompt = f"Result {result}, target {target}"
+    response = _compare_line(str(result), target)
+    return Example("drill", "comparison", "drill", prompt, response, None)
+
+
 def drill_operation(rng: random.Random) -> tuple[int, str, int]:
     """One arithmetic drill's operands and operator, with an exact non-negative result."""
     op = rng.choice(OPS)
@@ -398,6 +456,11 @@ def _problem(rng: random.Random, cfg: CorpusConfig, ood: bool) -> tuple[Problem,
 
 def _any_problem(rng: random.Random, cfg: CorpusConfig, ood: bool) -> tuple[Problem, str]:
     seed = rng.getrandbits(31)
+    if ood and cfg.ood:
+        spec = rng.choices(list(cfg.ood), list(cfg.ood.values()))[0]
+        task, params = parse_task_spec(spec)
+        (p,) = get_task(task).make_problems(1, seed, **params)
+        return p, spec_label(spec)
     if ood:
         if rng.random() < 0.6:
             digits = rng.choices([2, 3, 4, 5], [4, 3, 2, 1])[0]
@@ -422,12 +485,14 @@ def make_example(rng: random.Random, cfg: CorpusConfig) -> Example:
     r = rng.random()
     if r < cfg.frac_drill:
         return _drill(rng, cfg)
+    if cfg.frac_compare and r < cfg.frac_drill + cfg.frac_compare:
+        return _comparison(rng, cfg)
     problem, label = _problem(rng, cfg, ood=rng.random() < cfg.frac_ood)
     # The plain question (the SFT / RL user turn) is answered in the `original` style.
     plain = rng.random() < cfg.plain_prompt_share
     style = "original" if plain else rng.choice(list(VARIANTS))
     attempt, correct = ATTEMPTS[problem.task](rng, problem, style, cfg)
-    if r < cfg.frac_drill + cfg.frac_check:
+    if r < cfg.frac_drill + cfg.frac_compare + cfg.frac_check:
         # Balance verdicts: regenerate until the attempt's grade matches a fair coin.
         want = rng.random() < 0.5
         for _ in range(20):

@@ -25,6 +25,7 @@ from sf_mlx import model as model_io
 from sf_mlx.base.corpus import (
     CorpusConfig,
     _apply,
+    comparison_pair,
     countdown_check_response,
     drill_operation,
 )
@@ -179,12 +180,10 @@ def probe_base(model: str, n: int, seed: int, cfg: CorpusConfig, log: Callable =
     return out
 
 
-def check_only(
-    steps: int, n_eval: int, seed: int, log: Callable = print, size: str = "small"
-) -> dict:
-    """Probe (a): the `size` architecture trained from scratch on check demonstrations alone
-    (the shipped base's tokenizer and training settings, `steps` steps), then the decision
-    probability on `n_eval` held-out checks (half of them of correct attempts)."""
+def _train_from_scratch(pairs: list[tuple[str, str]], steps: int, seed: int, size: str, log):
+    """The `size` architecture with the shipped base's tokenizer, trained from scratch on the
+    (prompt, response) pairs with the preset's training settings; returns (model, tokenizer,
+    losses)."""
     from dataclasses import replace
 
     import mlx.core as mx
@@ -192,18 +191,19 @@ def check_only(
     from transformers import AutoTokenizer
 
     from sf_mlx.base import pretrain
-    from sf_mlx.base.behaviour import balanced_attempts
     from sf_mlx.base.build import SIZES, _nanochat_config
-    from sf_mlx.base.corpus import make_corpus
 
     preset = SIZES[size]
-    cfg = replace(preset.corpus, frac_check=1.0, frac_drill=0.0, frac_ood=0.0)
-    train_cfg = replace(preset.train, steps=steps, seed=seed, checkpoint_every=10**9)
+    train_cfg = replace(
+        preset.train,
+        steps=steps,
+        seed=seed,
+        checkpoint_every=10**9,
+        warmup=min(preset.train.warmup, max(1, steps // 5)),
+    )
     _, tok = model_io.load("builtin:small")  # its tokenizer; the weights are trained anew
     hf_tok = AutoTokenizer.from_pretrained(model_io.resolve_model_path("builtin:small"))
-    rows = train_cfg.batch_size * steps
-    corpus = make_corpus(rows * 3, seed, cfg)  # ~3 checks fill a packed row
-    encoded = pretrain.encode_examples(hf_tok, [(e.prompt, e.response) for e in corpus])
+    encoded = pretrain.encode_examples(hf_tok, pairs)
     tokens, mask = pretrain.pack(encoded, train_cfg.seq_len, tok.pad_token_id)
     config = _nanochat_config(preset.shape, len(hf_tok), 2048, hf_tok.eos_token_id)
     mx.random.seed(seed)
@@ -217,7 +217,28 @@ def check_only(
             log(f"step {step}/{steps} loss {loss:.4f} {tps:.0f} tok/s")
 
     pretrain.train(m, tokens, mask, train_cfg, on_step=on_step)
-    log(f"trained {steps} steps on {len(corpus)} checks: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    log(f"trained {steps} steps on {len(pairs)} examples: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    return m, tok, losses
+
+
+def check_only(
+    steps: int, n_eval: int, seed: int, log: Callable = print, size: str = "small"
+) -> dict:
+    """Probe (a): the `size` architecture trained from scratch on check demonstrations alone
+    (the shipped base's tokenizer and training settings, `steps` steps), then the decision
+    probability on `n_eval` held-out checks (half of them of correct attempts)."""
+    from dataclasses import replace
+
+    from sf_mlx.base.behaviour import balanced_attempts
+    from sf_mlx.base.build import SIZES
+    from sf_mlx.base.corpus import make_corpus
+
+    preset = SIZES[size]
+    cfg = replace(preset.corpus, frac_check=1.0, frac_drill=0.0, frac_ood=0.0)
+    corpus = make_corpus(preset.train.batch_size * steps * 3, seed, cfg)  # ~3 checks a row
+    m, tok, losses = _train_from_scratch(
+        [(e.prompt, e.response) for e in corpus], steps, seed, size, log
+    )
     held = balanced_attempts(n_eval, seed + 7, preset.corpus)
     prompts = [reflection_prompt(p.question, a) for p, a, _ in held]
     checks = [countdown_check_response(p, a)[0] for p, a, _ in held]
@@ -229,4 +250,89 @@ def check_only(
         "decisions": summarise_decisions(decision_probabilities(m, tok, prompts, checks)),
     }
     log(f"decisions on held-out checks: {out['decisions']}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe (d): can the architecture learn the comparison itself? One comparison per example, in
+# one of several written forms, so copying the two numbers is unambiguous and only the decision
+# (or the digit pairing) has to be learned.
+
+
+def _pair(rng: random.Random) -> tuple[int, int]:
+    return comparison_pair(rng, CorpusConfig())
+
+
+def _digit_pairs(result: str, target: str) -> str:
+    if len(result) != len(target):
+        return f"{len(result)} digits and {len(target)} digits differ"
+    return ", ".join(
+        f"{a} and {b} {'same' if a == b else 'differ'}" for a, b in zip(result, target, strict=True)
+    )
+
+
+COMPARE_FORMS: dict[str, Callable[[int, int], tuple[str, str]]] = {
+    # the checks' own line: `Result 45, target 46: not equal.`
+    "line": lambda r, t: (f"Result {r}, target {t}", f"Result {r}, target {t}: {_same(r, t)}."),
+    # digit by digit, then the decision: `Result 45, target 46: 4 and 4 same, 5 and 6 differ: ...`
+    "digits": lambda r, t: (
+        f"Result {r}, target {t}",
+        f"Result {r}, target {t}: {_digit_pairs(str(r), str(t))}: {_same(r, t)}.",
+    ),
+    # the primitive: are two single digits the same token?
+    "single": lambda r, t: (
+        f"Digits {r % 10} and {t % 10}",
+        f"{r % 10} and {t % 10}: {_same(r % 10, t % 10)}.",
+    ),
+}
+
+
+def _same(a: int, b: int) -> str:
+    return "equal" if a == b else "not equal"
+
+
+def compare_only(
+    form: str, steps: int, n_eval: int, seed: int, log: Callable = print, size: str = "small"
+) -> dict:
+    """Probe (d): the `size` architecture trained from scratch on single comparisons written in
+    `form` (`COMPARE_FORMS`); then, on `n_eval` held-out pairs, the teacher-forced probability of
+    the right decision once everything before it is written, and how often a greedy response
+    reproduces the whole demonstration (copying and pairing the digits included)."""
+    if form not in COMPARE_FORMS:
+        raise ValueError(f"form {form!r}: expected one of {', '.join(COMPARE_FORMS)}")
+    from sf_mlx.base.build import SIZES
+
+    write = COMPARE_FORMS[form]
+    rng = random.Random(f"compare/{form}/{seed}")
+    per_step = SIZES[size].train.batch_size * 12  # about 12 comparisons fill a packed row
+    pairs = [write(*_pair(rng)) for _ in range(per_step * steps)]
+    m, tok, losses = _train_from_scratch(pairs, steps, seed, size, log)
+    held_rng = random.Random(f"compare/{form}/{seed}/held-out")
+    held = [write(*_pair(held_rng)) for _ in range(n_eval)]
+    eq, neq = (tok.encode(d, add_special_tokens=False) for d in DECISIONS)
+    rows = []
+    for prompt, response in held:
+        cut = response.rindex(":") + 1
+        prefix = model_io.chat_prompt(tok, prompt) + tok.encode(
+            response[:cut], add_special_tokens=False
+        )
+        p_eq = 1.0 / (
+            1.0
+            + math.exp(_continuation_logprob(m, prefix, neq) - _continuation_logprob(m, prefix, eq))
+        )
+        equal = response.endswith(": equal.")
+        rows.append({"equal": equal, "p_right": p_eq if equal else 1.0 - p_eq})
+    greedy = _generate(m, tok, [p for p, _ in held], 0.0, seed)
+    out = {
+        "form": form,
+        "steps": steps,
+        "examples_trained": len(pairs),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "decisions": summarise_decisions(rows),
+        "greedy_exact": sum(g.strip() == r for g, (_, r) in zip(greedy, held, strict=True))
+        / max(1, len(held)),
+        "greedy_examples": greedy[:3],
+    }
+    log(f"{form}: {out}")
     return out

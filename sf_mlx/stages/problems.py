@@ -12,7 +12,7 @@ from dataclasses import replace
 from sf_mlx.config import Recipe
 from sf_mlx.records import Problem
 from sf_mlx.rundir import RunDir, read_jsonl, write_jsonl_atomic
-from sf_mlx.tasks import get_task, heldout, heldout_problems
+from sf_mlx.tasks import get_task, heldout, heldout_problems, parse_task_spec, spec_label
 
 STAGE = "problems"
 
@@ -97,9 +97,10 @@ def eval_pools(recipe: Recipe) -> list[Problem]:
             require_all=cfg.require_all,
         )
         out += [replace(p, split=f"eval/countdown-{k}") for p in made]
-    for task in cfg.ood_tasks:
-        made = distinct_heldout(task, cfg.n_eval, recipe.run.seed + 2000)
-        out += [replace(p, split=f"eval/{task}") for p in made]
+    for spec in cfg.ood_tasks:
+        task, params = parse_task_spec(spec)
+        made = distinct_heldout(task, cfg.n_eval, recipe.run.seed + 2000, **params)
+        out += [replace(p, split=f"eval/{spec_label(spec)}") for p in made]
     return out
 
 

@@ -30,6 +30,31 @@ def get_task(name: str) -> TaskSpec:
     raise unknown_name("task", name, sorted(TASKS))
 
 
+def parse_task_spec(spec: str) -> tuple[str, dict[str, int]]:
+    """`name` or `name:key=value,key=value` (integer values, keys from the task's parameters)
+    as (name, params); ValueError naming what is wrong."""
+    name, _, rest = spec.partition(":")
+    task = get_task(name.strip())
+    params: dict[str, int] = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in task.describe_params:
+            known = ", ".join(task.describe_params) or "none"
+            raise ValueError(f"task spec {spec!r}: {item!r} is not key=value with a key of {known}")
+        try:
+            params[key] = int(value)
+        except ValueError:
+            raise ValueError(f"task spec {spec!r}: {key} must be an integer") from None
+    return task.name, params
+
+
+def spec_label(spec: str) -> str:
+    """A file-safe name for a task spec: `acronym:length=3` -> `acronym-length3`."""
+    name, params = parse_task_spec(spec)
+    return "-".join([name] + [f"{k}{v}" for k, v in params.items()])
+
+
 def grade(problem: Problem, response: str) -> tuple[str | None, bool]:
     """(extracted answer, correct) for one model response to `problem`."""
     answer = extract_answer(response)
@@ -105,6 +130,8 @@ def problem_from_inputs(
 __all__ = [
     "heldout",
     "heldout_problems",
+    "parse_task_spec",
+    "spec_label",
     "problem_from_inputs",
     "ANSWER_RE",
     "TASKS",

@@ -1,4 +1,5 @@
-"""Long multiplication (an out-of-domain task): a d-digit by d-digit product, d = 2..5."""
+"""Long multiplication (an out-of-domain task): a d-digit by d-digit product, d = 2..5, or a
+d-digit number by a shorter one (`b_digits`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from sf_mlx.tasks.base import TaskSpec
 
 NAME = "multiplication"
 MIN_DIGITS, MAX_DIGITS = 2, 5
-DESCRIBE_PARAMS = {"digits": "digits of each factor, 2-5 (default 2)"}
+DESCRIBE_PARAMS = {
+    "digits": "digits of each factor, 2-5 (default 2)",
+    "b_digits": "digits of the second factor, 1..digits (default: digits)",
+}
 
 # The integer: plain, or grouped in thousands with commas or spaces ("1,234,567" / "1 234 567").
 # Character classes spell [0-9] out: `\d` would also match '٣' or '３'.
@@ -54,20 +58,25 @@ def check(problem: Problem, answer: str | None) -> bool:
         return False
 
 
-def make_problems(n: int, seed: int, digits: int = 2) -> list[Problem]:
-    """`n` problems; problem i depends only on (seed, i, digits)."""
+def make_problems(n: int, seed: int, digits: int = 2, b_digits: int | None = None) -> list[Problem]:
+    """`n` problems; problem i depends only on (seed, i, digits, b_digits)."""
     if not MIN_DIGITS <= digits <= MAX_DIGITS:
         raise ValueError(f"multiplication: digits={digits} must be in {MIN_DIGITS}..{MAX_DIGITS}")
+    b_digits = digits if b_digits is None else b_digits
+    if not 1 <= b_digits <= digits:
+        raise ValueError(f"multiplication: b_digits={b_digits} must be in 1..{digits}")
     if n < 0:
         raise ValueError(f"multiplication: n={n} must be >= 0")
     lo, hi = 10 ** (digits - 1), 10**digits - 1
+    b_lo, b_hi = max(2, 10 ** (b_digits - 1)), 10**b_digits - 1
+    label = f"{digits}" if b_digits == digits else f"{digits}x{b_digits}"
     problems = []
     for i in range(n):
-        rng = random.Random(f"multiplication/{digits}/{seed}/{i}")
-        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        rng = random.Random(f"multiplication/{label}/{seed}/{i}")
+        a, b = rng.randint(lo, hi), rng.randint(b_lo, b_hi)
         problems.append(
             Problem(
-                problem_id=f"multiplication-{digits}/s{seed}/{i:05d}",
+                problem_id=f"multiplication-{label}/s{seed}/{i:05d}",
                 task=NAME,
                 question=question(a, b),
                 data={"a": a, "b": b, "product": a * b, "digits": digits},
