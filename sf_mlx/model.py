@@ -80,6 +80,13 @@ def load(model: str, adapter_path: str | Path | None = None) -> tuple[Any, Any]:
             f"model folder {path} does not exist; pass an existing local HF-format folder "
             "(config.json + *.safetensors + tokenizer) or a Hugging Face id like Qwen/Qwen2.5-0.5B"
         )
+    head = Path(path.split("/")[0]).expanduser()
+    if not local.exists() and "/" in path and head.is_dir():
+        # `models/qwen` with a `models/` folder here is a mistyped path, not a Hub id
+        raise ModelLoadError(
+            f"model folder {path} does not exist (the folder {head} does, in {Path.cwd()}); "
+            "pass an existing local HF-format folder or a Hugging Face id"
+        )
     if local.exists() and not (local / "config.json").exists():
         raise ModelLoadError(f"{path}: folder has no config.json; pass an HF-format model folder")
     try:

@@ -396,3 +396,25 @@ def test_interrupt_inside_a_step_keeps_the_last_whole_step_and_resumes_exactly(
     assert grpo.train_grpo(m3, tok, problems, reward, cfg, tmp_path / "cut", seed=3) == 3
     w_resumed = weights(m3)
     assert all(np.array_equal(w_resumed[k], w_three[k]) for k in w_three)
+
+
+def test_a_fresh_grpo_adapter_is_a_function_of_the_seed(tiny_model_dir):
+    """A GRPO stage restarted before its first checkpoint starts from the same adapter."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    from sf_mlx.config import load_recipe
+    from sf_mlx.stages.arms import load_policy
+
+    cfg = load_recipe("countdown-tiny").grpo
+
+    def adapter(seed: int) -> dict:
+        mx.random.normal((7,))  # whatever ran before in the process
+        m, _, _ = load_policy(str(tiny_model_dir), cfg, seed)
+        return {k: np.array(v) for k, v in tree_flatten(m.trainable_parameters())}
+
+    a, b, c = adapter(0), adapter(0), adapter(1)
+    assert a and a.keys() == b.keys() == c.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)

@@ -78,18 +78,30 @@ def starting_model(run: RunDir, recipe: Recipe, arm: str) -> str:
     return str(fused)
 
 
+def load_policy(start: str, cfg, seed: int):
+    """(model, tokenizer, adapter config): the arm's starting model with a fresh LoRA adapter.
+    The adapter's initial weights are a function of `seed`, so a stage restarted before its first
+    checkpoint starts from the same ones."""
+    import mlx.core as mx
+
+    from sf_mlx import model as model_io
+    from sf_mlx.lora import attach_lora
+
+    model, tok = model_io.load(start)
+    mx.random.seed(seed)
+    return model, tok, attach_lora(model, cfg.lora_rank, cfg.lora_scale, 0.0, -1)
+
+
 def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
     """GRPO for one arm: rollouts saved per step, metrics logged, adapters saved in mlx-lm form."""
-    from sf_mlx import model as model_io
-    from sf_mlx.lora import attach_lora, save_adapters
+    from sf_mlx.lora import save_adapters
     from sf_mlx.stages.grpo import train_grpo
 
     if arm not in GRPO_ARMS:
         raise ValueError(f"unknown GRPO arm {arm!r}; expected one of {', '.join(GRPO_ARMS)}")
     cfg, stage, out = recipe.grpo, f"grpo/{arm}", run.grpo_dir(arm)
     start = starting_model(run, recipe, arm)
-    model, tok = model_io.load(start)
-    lora_config = attach_lora(model, cfg.lora_rank, cfg.lora_scale, 0.0, -1)
+    model, tok, lora_config = load_policy(start, cfg, recipe.run.seed)
     problems = read_pool(run, "rl")
     history: list[dict] = []
     print(
