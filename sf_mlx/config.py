@@ -96,7 +96,7 @@ class ProblemsConfig(_Section):
     eval_num_args: tuple[int, ...] = _f((3, 4, 5, 6), "Countdown sizes evaluated (countdown-N)")
     ood_tasks: tuple[str, ...] = _f(
         ("multiplication", "acronym"),
-        "out-of-domain tasks evaluated after training: `name` or `name:key=value,...`",
+        "out-of-domain tasks evaluated after training: `name` or `name:key=value:...`",
     )
 
     def _check(self) -> None:

@@ -340,7 +340,31 @@ def test_out_of_domain_attempts_follow_the_corpus_task_specs():
         frac_drill=0.0,
         frac_check=0.0,
         frac_ood=1.0,
-        ood={"multiplication:digits=2,b_digits=1": 1, "acronym:length=3": 1},
+        ood={"multiplication:digits=2:b_digits=1": 1, "acronym:length=3": 1},
     )
     rows = make_corpus(200, seed=0, cfg=cfg)
     assert {e.task for e in rows} == {"multiplication-digits2-b_digits1", "acronym-length3"}
+
+
+def test_the_base_architecture_is_causal_and_reads_its_whole_context():
+    """The wiring a checking model needs: every position sees every earlier token, none later."""
+    import mlx.core as mx
+    from mlx_lm.models import nanochat
+
+    from sf_mlx.base.build import SIZES, _nanochat_config
+
+    mx.random.seed(0)
+    shape = SIZES["tiny"].shape
+    m = nanochat.Model(nanochat.ModelArgs.from_dict(_nanochat_config(shape, 64, 128, 2)))
+    x = mx.random.randint(0, 64, (1, 40))
+    base = m(x)
+
+    def changed(pos: int) -> list[bool]:
+        y = mx.array(x)
+        y[0, pos] = (x[0, pos] + 1) % 64
+        diff = mx.abs(m(y) - base).max(axis=-1)[0]
+        return [bool(d > 1e-6) for d in diff.tolist()]
+
+    assert all(changed(0))  # the first token reaches every later position
+    last = changed(39)
+    assert last[-1] and not any(last[:-1])  # the last reaches no earlier one

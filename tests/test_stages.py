@@ -147,16 +147,11 @@ def test_eval_pools_hold_distinct_held_out_questions(recipe_name):
 
 
 def test_out_of_domain_pools_take_task_parameters():
-    from dataclasses import replace as dc_replace
-
     from sf_mlx.stages.problems import eval_pools
 
-    recipe = load_recipe("countdown-tiny")
-    recipe = dc_replace(
-        recipe,
-        problems=dc_replace(
-            recipe.problems, ood_tasks=("multiplication:digits=2,b_digits=1", "acronym:length=3")
-        ),
+    recipe = load_recipe(
+        "countdown-tiny",
+        ["problems.ood_tasks=[multiplication:digits=2:b_digits=1, acronym:length=3]"],
     )
     pools: dict[str, list[Problem]] = {}
     for p in eval_pools(recipe):

@@ -401,11 +401,11 @@ def test_task_specs_name_a_task_and_its_integer_parameters() -> None:
     from sf_mlx.tasks import parse_task_spec, spec_label
 
     assert parse_task_spec("acronym") == ("acronym", {})
-    assert parse_task_spec("multiplication:digits=2, b_digits=1") == (
+    assert parse_task_spec("multiplication:digits=2: b_digits=1") == (
         "multiplication",
         {"digits": 2, "b_digits": 1},
     )
-    assert spec_label("multiplication:digits=2,b_digits=1") == "multiplication-digits2-b_digits1"
+    assert spec_label("multiplication:digits=2:b_digits=1") == "multiplication-digits2-b_digits1"
     assert spec_label("acronym") == "acronym"
     for bad, msg in (
         ("acronymm", "acronym"),

@@ -72,7 +72,7 @@ SIZES: dict[str, SizePreset] = {
             # out-of-domain problems this model can partly solve
             frac_ood=0.12,
             ood={
-                "multiplication:digits=2,b_digits=1": 3,
+                "multiplication:digits=2:b_digits=1": 3,
                 "multiplication:digits=2": 1,
                 "acronym:length=3": 2,
                 "acronym:length=4": 1,

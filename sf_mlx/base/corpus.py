@@ -62,7 +62,7 @@ class CorpusConfig:
     frac_drill: float = 0.08  # arithmetic drill lines
     compare_share: float = 0.0  # of the drills: result-vs-target comparisons
     frac_ood: float = 0.10  # out-of-domain attempts (multiplication, acronym)
-    # Which out-of-domain problems, as task specs (`multiplication:digits=2,b_digits=1`) and
+    # Which out-of-domain problems, as task specs (`multiplication:digits=2:b_digits=1`) and
     # weights; None: 60% multiplication of 2-5 digits (weights 4, 3, 2, 1), 40% 4-letter acronyms.
     ood: dict[str, float] | None = None
     # Countdown attempts follow a person's strategy, "nearest first": at every step combine the

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 from sf_mlx.records import Problem
 from sf_mlx.tasks import acronym, countdown, hub, multiplication
@@ -31,12 +32,13 @@ def get_task(name: str) -> TaskSpec:
 
 
 def parse_task_spec(spec: str) -> tuple[str, dict[str, int]]:
-    """`name` or `name:key=value,key=value` (integer values, keys from the task's parameters)
-    as (name, params); ValueError naming what is wrong."""
+    """`name` or `name:key=value:key=value` (integer values, keys from the task's parameters) as
+    (name, params); ValueError naming what is wrong. Colons separate the parameters so a spec is
+    one item of a `--set problems.ood_tasks=[...]` list; commas are read too."""
     name, _, rest = spec.partition(":")
     task = get_task(name.strip())
     params: dict[str, int] = {}
-    for item in filter(None, (x.strip() for x in rest.split(","))):
+    for item in filter(None, (x.strip() for x in re.split("[:,]", rest))):
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or key not in task.describe_params:
