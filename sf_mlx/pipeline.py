@@ -139,20 +139,21 @@ def run_stage(
     """Run one stage (even if done before), with status, events and timing; returns (stats, s)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    run.set_status(stage, "running")
-    run.log_event("stage_start", stage=stage)
-    tic = time.perf_counter()
-    try:
-        info = STAGES[stage](run, recipe, progress)
-    except KeyboardInterrupt:
-        run.set_status(stage, "stopped")
-        raise
-    except BaseException:
-        run.set_status(stage, "failed")
-        raise
-    secs = time.perf_counter() - tic
-    run.log_event("stage_end", stage=stage, seconds=round(secs, 2))
-    run.set_status(stage, "done")
+    with run.lock():
+        run.set_status(stage, "running")
+        run.log_event("stage_start", stage=stage)
+        tic = time.perf_counter()
+        try:
+            info = STAGES[stage](run, recipe, progress)
+        except KeyboardInterrupt:
+            run.set_status(stage, "stopped")
+            raise
+        except BaseException:
+            run.set_status(stage, "failed")
+            raise
+        secs = time.perf_counter() - tic
+        run.log_event("stage_end", stage=stage, seconds=round(secs, 2))
+        run.set_status(stage, "done")
     return info, secs
 
 
@@ -167,11 +168,12 @@ def run_recipe(
     run, recipe = open_run(recipe_name, list(overrides), run_dir)
     plan = stage_plan(recipe)
     n = len(plan)
-    for i, stage in enumerate(plan, 1):
-        if run.is_done(stage):
-            log(f"[{i}/{n}] {stage}: done already, skipped")
-            continue
-        log(f"[{i}/{n}] {stage} ...")
-        info, secs = run_stage(run, recipe, stage, progress(stage))
-        log(f"[{i}/{n}] {stage} done in {secs:.1f} s: {info}")
+    with run.lock():
+        for i, stage in enumerate(plan, 1):
+            if run.is_done(stage):
+                log(f"[{i}/{n}] {stage}: done already, skipped")
+                continue
+            log(f"[{i}/{n}] {stage} ...")
+            info, secs = run_stage(run, recipe, stage, progress(stage))
+            log(f"[{i}/{n}] {stage} done in {secs:.1f} s: {info}")
     return run

@@ -6,6 +6,7 @@ readers parse only up to the last newline, so a half-written trailing line is ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -227,6 +228,51 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class RunDirBusy(ValueError):
+    """Another live process holds the run directory."""
+
+
+_HELD: dict[Path, list] = {}  # run dirs this process holds: path -> [open lock file, depth]
+
+
+@contextlib.contextmanager
+def _run_lock(path: Path):
+    """Hold `path/.lock` (an advisory `flock`, released by the OS when the process dies, even
+    by kill -9) for the duration; nested use in one process is free."""
+    key = path.resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    import fcntl
+
+    path.mkdir(parents=True, exist_ok=True)
+    f = open(path / ".lock", "a+")  # noqa: SIM115 - held open while the lock is held
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise RunDirBusy(
+            f"run directory {path} is in use by another sf-mlx process (pid {holder}); "
+            "wait for it to finish or stop it first"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _HELD[key] = [f, 1]
+    try:
+        yield
+    finally:
+        _HELD.pop(key)
+        f.close()  # closing releases the lock
+
+
 def _at(name: str) -> property:
     return property(lambda self: self.path / name, doc=f"<run>/{name}")
 
@@ -250,6 +296,11 @@ class RunDir:
     def create(self, exist_ok: bool = True) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=exist_ok)
         return self
+
+    def lock(self):
+        """Context manager: this process alone writes the run directory while it is held
+        (`RunDirBusy` when another live process holds it)."""
+        return _run_lock(self.path)
 
     def is_run(self) -> bool:
         return self.recipe.exists() or self.status.exists()

@@ -228,3 +228,36 @@ def test_stdlib_modules_never_import_mlx():
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_a_run_directory_is_written_by_one_process_at_a_time(tmp_path):
+    """A second process is refused in one line; the lock dies with its holder, even by kill -9."""
+    import signal
+
+    from sf_mlx.rundir import RunDir, RunDirBusy
+
+    run = RunDir(tmp_path / "run").create()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from sf_mlx.rundir import RunDir\n"
+            f"with RunDir({str(run.path)!r}).lock():\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            RunDirBusy, match=f"in use by another sf-mlx process \\(pid {holder.pid}\\)"
+        ):
+            with run.lock():
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with run.lock():  # free again once the holder is gone
+        with run.lock():  # and nested use in one process is free
+            assert (run.path / ".lock").read_text() == str(os.getpid())
