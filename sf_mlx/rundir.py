@@ -233,6 +233,7 @@ class RunDirBusy(ValueError):
 
 
 _HELD: dict[Path, list] = {}  # run dirs this process holds: path -> [open lock file, depth]
+_LAST_BEAT: dict[Path, float] = {}  # run dir -> when this process last refreshed its status
 
 
 @contextlib.contextmanager
@@ -359,12 +360,28 @@ class RunDir:
         clash = sorted(set(metrics) & set(_RESERVED))
         if clash:
             raise ValueError(f"metric name(s) {clash} clash with event keys {list(_RESERVED)}")
-        return self.log_event(
+        row = self.log_event(
             "metric", stage=stage, step=step, **{k: _scalar(v) for k, v in metrics.items()}
         )
+        self.heartbeat(stage, step)
+        return row
 
     def log_progress(self, stage: str, done: int, total: int) -> dict[str, Any]:
-        return self.log_event("progress", stage=stage, done=done, total=total)
+        row = self.log_event("progress", stage=stage, done=done, total=total)
+        self.heartbeat(stage, done)
+        return row
+
+    def heartbeat(self, stage: str, step: int, every: float = 2.0) -> None:
+        """Refresh status.json's `step` and `updated` for the running stage, at most once per
+        `every` seconds, so a reader can tell a working stage from a hung one."""
+        now = time.time()
+        if now - _LAST_BEAT.get(self.path, 0.0) < every:
+            return
+        status = self.read_status()
+        if not status or status.get("stage") != stage or status.get("state") != "running":
+            return
+        _LAST_BEAT[self.path] = now
+        write_json_atomic(self.status, {**status, "step": step, "updated": now})
 
     def log_message(self, stage: str, text: str, level: str = "info") -> dict[str, Any]:
         return self.log_event("message", stage=stage, text=text, level=level)

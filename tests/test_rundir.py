@@ -261,3 +261,23 @@ def test_a_run_directory_is_written_by_one_process_at_a_time(tmp_path):
     with run.lock():  # free again once the holder is gone
         with run.lock():  # and nested use in one process is free
             assert (run.path / ".lock").read_text() == str(os.getpid())
+
+
+def test_progress_and_metrics_keep_the_status_step_and_time_current(tmp_path):
+    from sf_mlx.rundir import RunDir
+
+    run = RunDir(tmp_path / "run").create()
+    run.set_status("sample", "running")
+    first = run.read_status()
+    assert first["step"] is None
+    run.heartbeat("sample", 0, every=0.0)  # a fresh process may beat at once
+    run.log_progress("sample", 5, 10)
+    assert run.read_status()["step"] in (0, 5)
+    run.heartbeat("sample", 7, every=0.0)
+    now = run.read_status()
+    assert now["step"] == 7 and now["updated"] >= first["updated"] and now["state"] == "running"
+    run.heartbeat("sft", 9, every=0.0)  # not the running stage: no change
+    assert run.read_status()["step"] == 7
+    run.set_status("sample", "done")
+    run.heartbeat("sample", 8, every=0.0)  # a finished stage stays as it ended
+    assert run.read_status()["state"] == "done" and run.read_status()["step"] is None
