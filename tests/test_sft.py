@@ -195,3 +195,27 @@ def test_epochs_size_the_run_whatever_the_number_of_traces():
     assert sized(SftConfig(iters=150, epochs=2.0), 70).iters == 140
     assert sized(SftConfig(iters=150, epochs=1.5), 125).iters == 188  # rounded up
     assert sized(SftConfig(epochs=0.001), 3).iters == 1
+
+
+def test_an_adapter_fused_into_a_quantized_base_keeps_its_effect(
+    lora_trained, tiny_model_dir, tmp_path
+):
+    """The merged model equals base + adapter; quantizing again would have blurred the adapter."""
+    import json
+
+    from mlx_lm import load
+    from mlx_lm.utils import load_config, quantize_model, save
+
+    _, tok, adapter_dir, _ = lora_trained
+    base, base_tok = load(str(tiny_model_dir))
+    qmodel, qconfig = quantize_model(base, load_config(tiny_model_dir), group_size=32, bits=4)
+    qdir = tmp_path / "q4"
+    save(qdir, str(tiny_model_dir), qmodel, base_tok, qconfig, donate_model=False)
+    with_adapter, _ = load(str(qdir), adapter_path=str(adapter_dir))
+    plain, _ = load(str(qdir))
+    effect = np.abs(_logits(with_adapter, tok) - _logits(plain, tok)).mean()
+    out = fuse(str(qdir), adapter_dir, tmp_path / "fused")
+    assert "quantization" not in json.loads((out / "config.json").read_text())
+    fused, _ = load(str(out))
+    gap = np.abs(_logits(fused, tok) - _logits(with_adapter, tok)).mean()
+    assert effect > 1e-3 and gap < 1e-3 * effect, (gap, effect)
