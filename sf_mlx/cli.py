@@ -365,6 +365,34 @@ def export(
     typer.echo(f"wrote {path}")
 
 
+@app.command("compare")
+def compare_runs(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories: one recipe, several seeds.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Also write compare.md and compare.json here.")
+    ] = None,
+    boot: Annotated[int, typer.Option(help="Bootstrap draws for the intervals.")] = 2000,
+) -> None:
+    """Per arm and cell: mean accuracy over the runs (seeds) with a 95% interval over seeds and
+    questions, and the paired difference SkillFactory -> GRPO minus RL-only on Countdown 4-6."""
+    from sf_mlx.rundir import write_json_atomic, write_text_atomic
+    from sf_mlx.study import compare, compare_markdown
+
+    if boot < 100:
+        fail(f"--boot {boot}: expected at least 100 draws")
+    try:
+        result = compare(runs, n_boot=boot)
+    except ValueError as e:
+        fail(str(e).splitlines()[0])
+    text = compare_markdown(result)
+    typer.echo(text, nl=False)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "compare.md", text)
+        write_json_atomic(out / "compare.json", result)
+        typer.echo(f"wrote {out / 'compare.md'} and compare.json")
+
+
 @app.command("import-raw")
 def import_raw(
     path: Annotated[

@@ -1,0 +1,80 @@
+"""`sf-mlx compare`: means over seeds, intervals over seeds and questions, paired questions."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from sf_mlx.cli import app
+from sf_mlx.records import EvalResult
+from sf_mlx.rundir import RunDir, write_jsonl_atomic
+from sf_mlx.study import compare, compare_markdown
+
+
+def _run(root, name: str, cells: dict[str, dict[str, list[bool]]]):
+    """A run folder whose eval/ holds, per arm and cell, one row per (question, sample)."""
+    run = RunDir(root / name).create()
+    for key, questions in cells.items():
+        arm, cell = key.split("/")
+        rows = [
+            EvalResult(arm, cell, f"{cell}/{q}", i, "r", None, ok, 5, 1, 0, False)
+            for q, answers in enumerate(questions)
+            for i, ok in enumerate(answers)
+        ]
+        # budget-forcing rows are not standard decoding: never counted
+        rows.append(EvalResult(arm, cell, f"{cell}/0", 0, "r", None, True, 5, 1, 0, True, 128))
+        write_jsonl_atomic(run.eval_dir / arm / f"{cell}.jsonl", rows)
+    return run.path
+
+
+def test_one_seed_gives_the_question_means_and_a_bracketing_interval(tmp_path):
+    q = [[True, False], [True, True], [False, False], [True, False]]  # 0.5 1 0 0.5
+    path = _run(tmp_path, "s0", {"base/countdown-3": q, "base/countdown-4": [[True]] * 4})
+    out = compare([path], n_boot=500)
+    c3 = out["cells"]["base"]["countdown-3"]
+    assert c3["mean"] == pytest.approx(0.5) and c3["questions"] == [4]
+    assert 0.0 <= c3["low"] < 0.5 < c3["high"] <= 1.0
+    c4 = out["cells"]["base"]["countdown-4"]
+    assert (c4["mean"], c4["low"], c4["high"]) == (1.0, 1.0, 1.0)  # no spread, no width
+    assert out["cells"]["base"]["mean 4-6"]["mean"] == 1.0
+
+
+def test_the_interval_counts_the_spread_between_seeds(tmp_path):
+    a = _run(tmp_path, "s0", {"base/countdown-3": [[False]] * 30})
+    b = _run(tmp_path, "s1", {"base/countdown-3": [[True]] * 30})
+    cell = compare([a, b], n_boot=1000)["cells"]["base"]["countdown-3"]
+    # every question agrees within its seed: all the uncertainty is which seeds were drawn
+    assert cell["mean"] == pytest.approx(0.5) and cell["per_seed"] == [0.0, 1.0]
+    assert (cell["low"], cell["high"]) == (0.0, 1.0)
+
+
+def test_the_paired_difference_keeps_questions_paired(tmp_path):
+    cells = {}
+    for k in (4, 5, 6):
+        answers = [[i % 2 == 0] for i in range(20)]  # half right, on the same questions
+        cells[f"sft_grpo/countdown-{k}"] = answers
+        cells[f"rl_only/countdown-{k}"] = answers
+    same = compare([_run(tmp_path, "same", cells)], n_boot=500)["paired"]
+    # unpaired resampling would give a wide interval around 0; paired, it has no width
+    assert (same["mean"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    for k in (4, 5, 6):
+        cells[f"sft_grpo/countdown-{k}"] = [[True]] * 20
+    better = compare([_run(tmp_path, "better", cells)], n_boot=500)["paired"]
+    assert better["mean"] == pytest.approx(0.5) and better["cells"] == [
+        "countdown-4",
+        "countdown-5",
+        "countdown-6",
+    ]
+    text = compare_markdown(compare([_run(tmp_path, "b2", cells)], n_boot=200))
+    assert "| SkillFactory -> GRPO |" in text and "+50.0 points" in text
+
+
+def test_the_command_writes_the_table_and_refuses_a_run_without_evaluation(tmp_path):
+    path = _run(tmp_path, "s0", {"base/countdown-3": [[True], [False]]})
+    result = CliRunner().invoke(app, ["compare", str(path), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    assert "| base model | 50.0 [" in result.output
+    assert (tmp_path / "cmp" / "compare.md").read_text().startswith("Accuracy in %")
+    (tmp_path / "empty").mkdir()
+    bad = CliRunner().invoke(app, ["compare", str(tmp_path / "empty")])
+    assert bad.exit_code == 2 and "no eval/ folder" in bad.output
