@@ -33,13 +33,18 @@ def base_build(
     stop_at: Annotated[
         int | None, typer.Option(help="Stop after this step, keeping the schedule of --steps.")
     ] = None,
+    corpus: Annotated[
+        str | None, typer.Option(help="A named corpus instead of the size's own: search.")
+    ] = None,
 ) -> None:
     """Generate the corpus, train, measure and write a base model folder (resumable)."""
-    from sf_mlx.base.build import SIZES, build
+    from sf_mlx.base.build import CORPORA, SIZES, build
     from sf_mlx.cli import fail
 
     if size not in SIZES:
         fail(f"--size {size!r}: expected one of {', '.join(SIZES)}")
+    if corpus is not None and corpus not in CORPORA:
+        fail(f"--corpus {corpus!r}: expected one of {', '.join(CORPORA)}")
     command = "sf-mlx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sf-mlx") else ""
     path = build(
         size,
@@ -50,6 +55,7 @@ def base_build(
         steps=steps,
         stop_at=stop_at,
         command=command,
+        corpus=corpus,
     )
     typer.echo(f"model folder: {path}  (load with mlx_lm.load({str(path)!r}))")
 

@@ -297,12 +297,12 @@ def test_base_verdicts_checks_a_balanced_set_and_repeats_for_its_seed(tiny_model
 
 
 def test_the_small_corpus_makes_search_mistakes_not_arithmetic_ones():
-    """Every equation the small preset's attempts and checks write is true; a claimed target is
-    said in words after true steps, and such an attempt is graded wrong."""
-    from sf_mlx.base.build import SIZES
+    """Every equation the `search` corpus's attempts and checks write is true; a claimed target
+    is said in words after true steps, and such an attempt is graded wrong."""
+    from sf_mlx.base.build import CORPORA
     from sf_mlx.base.probes import equation_lines
 
-    corpus = make_corpus(1500, seed=3, cfg=SIZES["small"].corpus)
+    corpus = make_corpus(1500, seed=3, cfg=CORPORA["search"][0])
     countdown = [e for e in corpus if e.task.startswith("countdown") and e.kind != "drill"]
     lines = [ok for e in countdown for *_, ok in equation_lines(e.response)]
     assert len(lines) > 1000 and all(lines)
@@ -368,3 +368,25 @@ def test_the_base_architecture_is_causal_and_reads_its_whole_context():
     assert all(changed(0))  # the first token reaches every later position
     last = changed(39)
     assert last[-1] and not any(last[:-1])  # the last reaches no earlier one
+
+
+@pytest.mark.slow
+def test_a_build_can_use_a_named_corpus(tmp_path):
+    from sf_mlx.base.build import CORPORA, build
+
+    out = build(
+        "tiny",
+        out=tmp_path / "m",
+        work=tmp_path / "w",
+        seed=0,
+        steps=1,
+        log=lambda _: None,
+        measure_behaviour=False,
+        corpus="search",
+    )
+    card = json.loads((out / "metrics.json").read_text())
+    assert card["corpus_config"]["frac_compare"] == CORPORA["search"][0].frac_compare
+    assert card["corpus"]["examples"] == round(130_000 * 6000 / 95_000)
+    assert card["corpus"]["tasks"]["comparison"] > 0.2 * card["corpus"]["examples"]
+    with pytest.raises(ValueError, match="unknown corpus 'nope'"):
+        build("tiny", out=tmp_path / "x", work=tmp_path / "y", corpus="nope")

@@ -56,20 +56,28 @@ SIZES: dict[str, SizePreset] = {
             warmup=60,
             checkpoint_every=100,
         ),
-        corpus_examples=130_000,
+        corpus_examples=95_000,
         vocab_size=640,
         # 1,000 per cell: with 200 the verdict agreement carried about +-7 points of noise
         eval_problems=1000,
-        corpus=CorpusConfig(
-            # mistakes of search, not of arithmetic: every equation an attempt writes is true
+    ),
+}
+
+
+# Corpora a build can use instead of its preset's own (`--corpus NAME`): mixtures whose effect on
+# a base is measured by building one.
+CORPORA: dict[str, tuple[CorpusConfig, int]] = {  # name -> (settings, examples for `small`)
+    # Mistakes of search, not of arithmetic: every equation an attempt writes is true, a
+    # claimed target is said in words; 30% single result-vs-target comparisons, which a model of
+    # this size needs by the tens of thousands before its decision follows the numbers
+    # (`sf-mlx base probe-compare`, README); out-of-domain problems it can partly solve.
+    "search": (
+        CorpusConfig(
             p_step_slip=0.0,
             mistakes={"miss": 4, "claim": 2, "reuse": 2, "invent": 2},
             claim_false_step=False,
-            # single result-vs-target comparisons: trained on these alone, the architecture
-            # learns the decision only after ~75k of them (`sf-mlx base probe-compare`, README)
             frac_compare=0.3,
             frac_drill=0.06,
-            # out-of-domain problems this model can partly solve
             frac_ood=0.12,
             ood={
                 "multiplication:digits=2:b_digits=1": 3,
@@ -78,6 +86,7 @@ SIZES: dict[str, SizePreset] = {
                 "acronym:length=4": 1,
             },
         ),
+        130_000,
     ),
 }
 
@@ -110,8 +119,10 @@ def build(
     command: str = "",
     log=print,
     measure_behaviour: bool = True,
+    corpus: str | None = None,
 ) -> Path:
-    """Build (or resume) a base model; returns the output folder."""
+    """Build (or resume) a base model; returns the output folder. `corpus`: a name in `CORPORA`
+    instead of the preset's own mixture (its example count scaled to the preset's)."""
     from sf_mlx import blas
 
     blas.ensure_fast_blas()
@@ -125,6 +136,12 @@ def build(
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
     preset = SIZES[size]
+    if corpus is not None:
+        if corpus not in CORPORA:
+            raise ValueError(f"unknown corpus {corpus!r}; expected one of {sorted(CORPORA)}")
+        mixture, examples = CORPORA[corpus]
+        scale = preset.corpus_examples / SIZES["small"].corpus_examples
+        preset = replace(preset, corpus=mixture, corpus_examples=round(examples * scale))
     out = Path(out or f"base-{size}")
     work = Path(work or Path.home() / ".cache" / "sf-mlx" / "base-build" / f"{size}-s{seed}")
     work.mkdir(parents=True, exist_ok=True)
@@ -225,7 +242,9 @@ def build(
             str(staging), preset.eval_problems, seed=seed + 1000, log=log, cfg=preset.corpus
         )
     card = {
-        "command": command or f"sf-mlx base build --size {size} --seed {seed}",
+        "command": command
+        or f"sf-mlx base build --size {size} --seed {seed}"
+        + (f" --corpus {corpus}" if corpus else ""),
         "size": size,
         "seed": seed,
         "params": int(n_params),
