@@ -94,3 +94,15 @@ def test_compare_probe_trains_and_measures_decisions_and_greedy_copies():
     assert 0.0 <= out["greedy_exact"] <= 1.0 and len(out["greedy_examples"]) == 3
     with pytest.raises(ValueError, match="form 'nope'"):
         probes.compare_only("nope", steps=1, n_eval=1, seed=0)
+
+
+def test_own_verdicts_score_the_checks_of_a_models_own_attempts():
+    from sf_mlx.tasks import get_task
+
+    (p,) = get_task("countdown").make_problems(1, 0, num_args=3)
+    right = f"<answer>{p.solution}</answer>"
+    wrong = "<answer>1 + 1</answer>"
+    ok, no = "<verdict>Correct</verdict>", "<verdict>Incorrect</verdict>"
+    out = probes.own_verdicts([p] * 4, [right, right, wrong, wrong], [ok, no, no, no])
+    assert out["attempts_correct"] == 2 and out["agreement"] == 0.75
+    assert (out["on_correct"], out["on_wrong"], out["balanced"]) == (0.5, 1.0, 0.75)

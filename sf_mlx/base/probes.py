@@ -29,9 +29,9 @@ from sf_mlx.base.corpus import (
     countdown_check_response,
     drill_operation,
 )
-from sf_mlx.prompts import reflection_prompt
+from sf_mlx.prompts import parse_verdict, reflection_prompt
 from sf_mlx.records import Problem
-from sf_mlx.tasks import heldout_problems
+from sf_mlx.tasks import grade, heldout_problems
 
 _EQUATION = re.compile(r"(?<![\d/])(\d+) ([-+*/]) (\d+) = (\d+(?:/\d+)?)(?![\d/])")
 _DECISION = re.compile(r"Result (-?[\d/]+), target (-?\d+):")
@@ -177,7 +177,29 @@ def probe_base(model: str, n: int, seed: int, cfg: CorpusConfig, log: Callable =
     prompts = [reflection_prompt(p.question, a) for p, a in zip(probs, attempts, strict=True)]
     out["decisions"] = summarise_decisions(decision_probabilities(m, tok, prompts, checks))
     log(f"decisions: {out['decisions']}")
+    out["own_checks"] = own_verdicts(probs, attempts, checks)
+    log(f"its verdicts on its own attempts: {out['own_checks']}")
     return out
+
+
+def own_verdicts(problems: list[Problem], attempts: list[str], checks: list[str]) -> dict:
+    """How often the verdict of a model's check of its own attempt agrees with the checker:
+    overall, on its right and on its wrong attempts, and their mean (the balanced agreement,
+    0.5 for a verdict that ignores the attempt)."""
+    right, wrong = [], []
+    for p, attempt, check in zip(problems, attempts, checks, strict=True):
+        correct = grade(p, attempt)[1]
+        verdict = parse_verdict(check)
+        (right if correct else wrong).append(verdict == ("correct" if correct else "incorrect"))
+    r, w = sum(right) / max(1, len(right)), sum(wrong) / max(1, len(wrong))
+    return {
+        "attempts": len(attempts),
+        "attempts_correct": len(right),
+        "agreement": (sum(right) + sum(wrong)) / max(1, len(attempts)),
+        "on_correct": r,
+        "on_wrong": w,
+        "balanced": (r + w) / 2,
+    }
 
 
 def _train_from_scratch(pairs: list[tuple[str, str]], steps: int, seed: int, size: str, log):
