@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sf_mlx.records import EvalResult
 from sf_mlx.rundir import RunDir, read_jsonl
+from sf_mlx.stages.report import ARM_LABELS
 
 HARD_CELLS = ("countdown-4", "countdown-5", "countdown-6")
 PAIRED = ("sft_grpo", "rl_only")  # SkillFactory -> GRPO minus RL-only
@@ -121,16 +122,6 @@ def compare(run_paths: list[Path], n_boot: int = 2000, seed: int = 0) -> dict:
     return out
 
 
-LABELS = {
-    "base": "base model",
-    "sft": "SkillFactory SFT",
-    "star": "STaR SFT",
-    "sft_grpo": "SkillFactory -> GRPO",
-    "rl_only": "RL-only (GRPO from base)",
-    "star_grpo": "STaR -> GRPO",
-}
-
-
 def compare_markdown(result: dict) -> str:
     """One table, accuracy in % as mean [95% interval over seeds and questions]."""
     cells = result["cells"]
@@ -152,12 +143,12 @@ def compare_markdown(result: dict) -> str:
             else "-"
             for c in columns
         ]
-        lines.append(f"| {LABELS.get(arm, arm)} | " + " | ".join(row) + " |")
+        lines.append(f"| {ARM_LABELS.get(arm, arm)} | " + " | ".join(row) + " |")
     if "paired" in result:
         p = result["paired"]
         lines += [
             "",
-            f"Paired difference {LABELS[p['a']]} minus {LABELS[p['b']]} on the mean of "
+            f"Paired difference {ARM_LABELS[p['a']]} minus {ARM_LABELS[p['b']]} on the mean of "
             f"{', '.join(p['cells'])}: {100 * p['mean']:+.1f} points "
             f"[{100 * p['low']:+.1f}, {100 * p['high']:+.1f}].",
         ]

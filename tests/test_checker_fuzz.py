@@ -60,27 +60,28 @@ def _evaluate(expr: str) -> tuple[Fraction, list[int]] | None:
             return Fraction(int(t))
         raise ValueError
 
-    def mul() -> Fraction:
-        nonlocal i
-        v = atom()
-        while i < len(tokens) and tokens[i] in "*/":
-            op = tokens[i]
-            i += 1
-            w = atom()
-            if op == "/" and w == 0:
-                raise ZeroDivisionError
-            v = v * w if op == "*" else v / w
-        return v
+    apply = {
+        "+": lambda v, w: v + w,
+        "-": lambda v, w: v - w,
+        "*": lambda v, w: v * w,
+        "/": lambda v, w: v / w,  # Fraction raises ZeroDivisionError on 0
+    }
 
-    def add() -> Fraction:
-        nonlocal i
-        v = mul()
-        while i < len(tokens) and tokens[i] in "+-":
-            op = tokens[i]
-            i += 1
-            w = mul()
-            v = v + w if op == "+" else v - w
-        return v
+    def level(ops: str, operand):
+        """One precedence level: operands joined by `ops`, left to right."""
+
+        def parse() -> Fraction:
+            nonlocal i
+            v = operand()
+            while i < len(tokens) and tokens[i] in ops:
+                op = tokens[i]
+                i += 1
+                v = apply[op](v, operand())
+            return v
+
+        return parse
+
+    add = level("+-", level("*/", atom))
 
     try:
         value = add()
