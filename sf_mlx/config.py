@@ -73,11 +73,20 @@ class RunConfig(_Section):
     SECTION: ClassVar[str] = "run"
     name: str = _f("", "run name: the folder under runs/ (empty: the recipe's name)")
     seed: int = _f(0, "master seed; every per-item seed is derived from it")
+    seeds: tuple[int, ...] = _f(
+        (),
+        "a study: the whole recipe once per seed (as run.seed) into <run dir>/seed-K, then "
+        "`sf-mlx compare` over them into <run dir>/compare.md; empty: one run with run.seed",
+    )
     model: str = _f(
         "builtin:small",
         "base model: a local HF/MLX folder, a Hugging Face id, or builtin:small / builtin:tiny",
     )
     description: str = _f("", "one line saying what this recipe is for")
+
+    def _check(self) -> None:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"run.seeds={list(self.seeds)} repeats a seed")
 
 
 @dataclass(frozen=True)

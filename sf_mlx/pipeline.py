@@ -166,6 +166,8 @@ def run_recipe(
 ) -> RunDir:
     """Run every stage not yet done, in order; `progress(stage)` gives a per-stage callback."""
     run, recipe = open_run(recipe_name, list(overrides), run_dir)
+    if recipe.run.seeds:
+        return run_study(run, recipe_name, list(overrides), recipe.run.seeds, log, progress)
     plan = stage_plan(recipe)
     n = len(plan)
     with run.lock():
@@ -176,4 +178,35 @@ def run_recipe(
             log(f"[{i}/{n}] {stage} ...")
             info, secs = run_stage(run, recipe, stage, progress(stage))
             log(f"[{i}/{n}] {stage} done in {secs:.1f} s: {info}")
+    return run
+
+
+def run_study(
+    run: RunDir,
+    recipe_name: str,
+    overrides: list[str],
+    seeds: tuple[int, ...],
+    log: Callable[[str], None] = print,
+    progress: Callable[[str], Progress | None] = lambda stage: None,
+) -> RunDir:
+    """The recipe once per seed into `run/seed-K` (each resumable on its own: data, sampling and
+    training seeds all follow run.seed), then the comparison over the seeds in `run/compare.md`
+    and `run/compare.json`."""
+    from sf_mlx.rundir import write_json_atomic, write_text_atomic
+    from sf_mlx.study import compare, compare_markdown
+
+    with run.lock():
+        for k, seed in enumerate(seeds, 1):
+            log(f"== seed {seed} ({k}/{len(seeds)}) ==")
+            run_recipe(
+                recipe_name,
+                overrides + [f"run.seed={seed}", "run.seeds=[]"],
+                run.path / f"seed-{seed}",
+                log,
+                progress,
+            )
+        result = compare([run.path / f"seed-{s}" for s in seeds])
+        write_json_atomic(run.path / "compare.json", result)
+        write_text_atomic(run.path / "compare.md", compare_markdown(result))
+    log(f"compared {len(seeds)} seeds: {run.path / 'compare.md'}")
     return run

@@ -78,3 +78,37 @@ def test_the_command_writes_the_table_and_refuses_a_run_without_evaluation(tmp_p
     (tmp_path / "empty").mkdir()
     bad = CliRunner().invoke(app, ["compare", str(tmp_path / "empty")])
     assert bad.exit_code == 2 and "no eval/ folder" in bad.output
+
+
+def test_a_study_runs_the_recipe_once_per_seed_then_compares(tmp_path, monkeypatch):
+    """`run.seeds`: one resumable run per seed with run.seed set, then compare.md over them.
+    The stages are stand-ins here (the real ones are tested elsewhere); they record the seed
+    they saw and write generations whose accuracy depends on it."""
+    from sf_mlx import pipeline
+    from sf_mlx.config import load_recipe
+
+    seen: list[tuple[str, int]] = []
+
+    def fake(stage):
+        def run_fake(run, recipe, progress):
+            seen.append((stage, recipe.run.seed))
+            if stage == "evaluate":
+                right = recipe.run.seed == 1
+                _run(run.path.parent, run.path.name, {"base/countdown-4": [[right]] * 10})
+            run.mark_done(stage)  # as every real stage does last
+            return {}
+
+        return run_fake
+
+    monkeypatch.setattr(pipeline, "STAGES", {s: fake(s) for s in pipeline.STAGES})
+    study = pipeline.run_recipe("countdown-tiny", ["run.seeds=[0, 1]"], tmp_path / "study", log=str)
+    assert {s for _, s in seen} == {0, 1} and ("evaluate", 1) in seen
+    for seed in (0, 1):
+        assert load_recipe(str(study.path / f"seed-{seed}" / "recipe.yaml")).run.seed == seed
+    text = (study.path / "compare.md").read_text()
+    assert "over 2 run(s)" in text and "| base model | 50.0 [0.0, 100.0]" in text
+    done = len(seen)
+    pipeline.run_recipe("countdown-tiny", ["run.seeds=[0, 1]"], tmp_path / "study", log=str)
+    assert len(seen) == done  # every seed's stages were done: nothing runs again
+    with pytest.raises(ValueError, match="repeats a seed"):
+        load_recipe("countdown-tiny", ["run.seeds=[2, 2]"])
