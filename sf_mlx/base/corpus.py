@@ -47,9 +47,9 @@ class Example:
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    """Mixture and ranges of the corpus. The class defaults are those of the first corpus, so a
-    model card written before a field existed still names its corpus exactly; each preset in
-    `build.SIZES` sets its own values (the `small` base's are there)."""
+    """Mixture and ranges of the corpus. The class defaults are the shipped `small` base's, so a
+    model card written before a field existed still names its corpus exactly; the `tiny` preset
+    and the named corpora (`build.SIZES`, `build.CORPORA`) set their own values."""
 
     min_number: int = 1
     max_number: int = 10
