@@ -27,11 +27,19 @@ from sf_mlx.base.corpus_ood import (
     multiplication_attempt,
     multiplication_check_response,
 )
+from sf_mlx.base.solver import (
+    OPS,
+    Claim,
+    Step,
+    _apply,
+    _nearest_chain,
+    _random_chain,
+    claim,
+)
 from sf_mlx.prompts import VARIANTS, reflection_prompt, variant_prompt
 from sf_mlx.records import Problem
 from sf_mlx.tasks import count_answers, get_task, grade, heldout, parse_task_spec, spec_label
 
-OPS = ("+", "-", "*", "/")
 RETRY_MARKERS = ("<sample>", "</sample>", "<reflect>", "</reflect>", "<think>", "</think>")
 
 
@@ -86,117 +94,6 @@ class CorpusConfig:
     plain_prompt_share: float = 0.3  # attempts whose prompt is the plain question (SFT/RL form)
 
 
-# ---------------------------------------------------------------------------------------------
-# Countdown chains: a list of steps (a, op, b, claimed) combining a pool of values left to right.
-
-
-@dataclass(frozen=True)
-class Step:
-    a: int
-    op: str
-    b: int
-    claimed: int  # what the attempt writes; may differ from the truth (a slip)
-
-    @property
-    def true(self) -> Fraction:
-        return _apply(self.a, self.op, self.b)
-
-    def text(self) -> str:
-        return f"{self.a} {self.op} {self.b} = {self.claimed}"
-
-
-def _apply(a: int | Fraction, op: str, b: int | Fraction) -> Fraction:
-    a, b = Fraction(a), Fraction(b)
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    return a / b
-
-
-def _random_chain(rng: random.Random, numbers: list[int], stop_at: int | None = None):
-    """Combine the numbers in random order with exact, non-negative integer steps.
-
-    Returns (steps, expression, value, used numbers). Stops early when `stop_at` is reached.
-    """
-    pool = [(n, str(n), False) for n in numbers]  # (value, expression, is_compound)
-    steps: list[Step] = []
-    while len(pool) > 1:
-        i, j = rng.sample(range(len(pool)), 2)
-        if pool[i][0] < pool[j][0] and rng.random() < 0.8:  # people write the larger first
-            i, j = j, i
-        va, vb = pool[i][0], pool[j][0]
-        ops = [op for op in OPS if _valid(va, op, vb)]
-        op = rng.choice(ops)
-        value = int(_apply(va, op, vb))
-        steps.append(Step(va, op, vb, value))
-        pool, expr = _combine(pool, i, j, op, value)
-        if stop_at is not None and value == stop_at:
-            return steps, expr, value
-    return steps, pool[0][1], pool[0][0]
-
-
-def _combine(pool: list, i: int, j: int, op: str, value: int) -> tuple[list, str]:
-    """Replace pool entries i and j, (value, expression, is_compound) each, by `i op j` with the
-    given value; returns (new pool, the combined expression)."""
-    (_, ea, ca), (_, eb, cb) = pool[i], pool[j]
-    expr = f"{f'({ea})' if ca else ea} {op} {f'({eb})' if cb else eb}"
-    return [p for k, p in enumerate(pool) if k not in (i, j)] + [(value, expr, True)], expr
-
-
-def _valid(a: int, op: str, b: int) -> bool:
-    if op == "-":
-        return a - b >= 0
-    if op == "/":
-        return b not in (0, 1) and a % b == 0
-    if op == "*":
-        return a != 1 and b != 1  # multiplying by one is a wasted step
-    return True
-
-
-def _nearest_chain(
-    rng: random.Random, numbers: list[int], target: int, p_slip: float = 0.0, pairs: int = 99
-):
-    """The "nearest first" strategy: each step combines the pair whose exact integer result is
-    closest to the target (ties broken at random), among `pairs` pairs it happens to look at, so
-    it misses more as the numbers grow. With probability `p_slip` a step's result is
-    written wrong and the later steps build on the wrong value, so longer chains fail more often.
-    Returns (steps, expression, believed value)."""
-    pool = [(n, str(n), False) for n in numbers]
-    steps: list[Step] = []
-    while len(pool) > 1:
-        best: list[tuple[int, int, str]] = []
-        best_gap = None
-        looked = [(i, j) for i in range(len(pool)) for j in range(i + 1, len(pool))]
-        looked = rng.sample(looked, min(pairs, len(looked)))
-        for i, j in looked + [(j, i) for i, j in looked]:
-            va, vb = pool[i][0], pool[j][0]
-            for op in OPS:
-                if op in "+*" and va < vb:  # people write the larger number first
-                    continue
-                if not _valid(va, op, vb):
-                    continue
-                gap = abs(int(_apply(va, op, vb)) - target)
-                if best_gap is None or gap < best_gap:
-                    best, best_gap = [(i, j, op)], gap
-                elif gap == best_gap:
-                    best.append((i, j, op))
-        if not best:  # only when every pair is (1, 1)-like: fall back to a random step
-            return _random_chain(rng, [v for v, _, _ in pool])[:3]
-        i, j, op = rng.choice(best)
-        va, vb = pool[i][0], pool[j][0]
-        value = int(_apply(va, op, vb))
-        if rng.random() < p_slip:
-            value = max(0, value + rng.choice([-2, -1, 1, 2, 10, -10]))
-        steps.append(Step(va, op, vb, value))
-        pool, _ = _combine(pool, i, j, op, value)
-        if value == target:
-            break
-    return steps, pool[-1][1], pool[-1][0]
-
-
 def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, cfg: CorpusConfig):
     """One attempt as (steps, expression, error kind). Error kinds name realistic failures."""
     r = rng.random()
@@ -207,7 +104,7 @@ def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, cfg:
         if value == target:  # believed; a slipped step makes it wrong all the same
             return steps, expr, "none"
         if steps and rng.random() < 0.3:  # off by a little: claims the target anyway
-            return _claim(steps, target, cfg), expr, "claim"
+            return claim(steps, target, cfg.claim_false_step), expr, "claim"
         return steps, expr, "nearest_miss"
     if r < cfg.p_strategy + cfg.p_lucky:
         for _ in range(400):
@@ -227,31 +124,13 @@ def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, cfg:
         if value != target:
             break
     if kind == "claim" and steps:  # claims the target although the chain does not reach it
-        steps = _claim(steps, target, cfg)
+        steps = claim(steps, target, cfg.claim_false_step)
     elif kind == "slip" and steps:  # one step written wrong; the expression keeps the true ops
         k = rng.randrange(len(steps))
         s = steps[k]
         off = rng.choice([-2, -1, 1, 2, 10, -10])
         steps = steps[:k] + [Step(s.a, s.op, s.b, max(0, s.claimed + off))] + steps[k + 1 :]
     return steps, expr, kind
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A claimed target after true steps: the attempt says it reached `target`."""
-
-    target: int
-
-    def text(self) -> str:
-        return f"That makes {self.target}."
-
-
-def _claim(steps: list, target: int, cfg: CorpusConfig) -> list:
-    """The steps of an attempt that claims the target it did not reach."""
-    if cfg.claim_false_step:  # the last step's result written as the target: a false equation
-        last = steps[-1]
-        return steps[:-1] + [Step(last.a, last.op, last.b, target)]
-    return steps + [Claim(target)]
 
 
 def _steps_block(steps: list) -> str:
