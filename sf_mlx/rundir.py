@@ -232,7 +232,7 @@ class RunDirBusy(ValueError):
     """Another live process holds the run directory."""
 
 
-_HELD: dict[Path, list] = {}  # run dirs this process holds: path -> [open lock file, depth]
+_HELD: dict[Path, object] = {}  # run dirs this process holds: path -> its open lock file
 _LAST_BEAT: dict[Path, float] = {}  # run dir -> when this process last refreshed its status
 
 
@@ -241,12 +241,8 @@ def _run_lock(path: Path):
     """Hold `path/.lock` (an advisory `flock`, released by the OS when the process dies, even
     by kill -9) for the duration; nested use in one process is free."""
     key = path.resolve()
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield
-        finally:
-            _HELD[key][1] -= 1
+    if key in _HELD:  # the outer holder in this process releases it
+        yield
         return
     import fcntl
 
@@ -266,7 +262,7 @@ def _run_lock(path: Path):
     f.truncate()
     f.write(str(os.getpid()))
     f.flush()
-    _HELD[key] = [f, 1]
+    _HELD[key] = f
     try:
         yield
     finally:

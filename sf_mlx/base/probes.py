@@ -128,24 +128,27 @@ def _continuation_logprob(m, prefix: list[int], continuation: list[int]) -> floa
     return float(picked.sum())
 
 
+def decision_row(m, tok, prompt: str, written: str, equal: bool) -> dict:
+    """The probability of the right decision after `written` (the response up to the decision's
+    colon), renormalised over ` equal.` and ` not equal.`, teacher-forced."""
+    eq, neq = (tok.encode(d, add_special_tokens=False) for d in DECISIONS)
+    prefix = model_io.chat_prompt(tok, prompt) + tok.encode(written, add_special_tokens=False)
+    lp_eq = _continuation_logprob(m, prefix, eq)
+    lp_neq = _continuation_logprob(m, prefix, neq)
+    p_eq = 1.0 / (1.0 + math.exp(lp_neq - lp_eq))
+    return {"equal": equal, "p_right": p_eq if equal else 1.0 - p_eq}
+
+
 def decision_probabilities(m, tok, prompts: list[str], checks: list[str]) -> list[dict]:
     """For each check with a `Result X, target Y:` line: the probability of the right decision,
     renormalised over the two decisions, teacher-forced on the check up to that colon."""
-    eq, neq = (tok.encode(d, add_special_tokens=False) for d in DECISIONS)
     out = []
     for prompt, check in zip(prompts, checks, strict=True):
         found = list(_DECISION.finditer(check))
-        if not found:
-            continue
-        last = found[-1]
-        prefix = model_io.chat_prompt(tok, prompt) + tok.encode(
-            check[: last.end()], add_special_tokens=False
-        )
-        lp_eq = _continuation_logprob(m, prefix, eq)
-        lp_neq = _continuation_logprob(m, prefix, neq)
-        p_eq = 1.0 / (1.0 + math.exp(lp_neq - lp_eq))
-        equal = last.group(1) == last.group(2)
-        out.append({"equal": equal, "p_right": p_eq if equal else 1.0 - p_eq})
+        if found:
+            last = found[-1]
+            equal = last.group(1) == last.group(2)
+            out.append(decision_row(m, tok, prompt, check[: last.end()], equal))
     return out
 
 
@@ -331,19 +334,12 @@ def compare_only(
     m, tok, losses = _train_from_scratch(pairs, steps, seed, size, log)
     held_rng = random.Random(f"compare/{form}/{seed}/held-out")
     held = [write(*_pair(held_rng)) for _ in range(n_eval)]
-    eq, neq = (tok.encode(d, add_special_tokens=False) for d in DECISIONS)
-    rows = []
-    for prompt, response in held:
-        cut = response.rindex(":") + 1
-        prefix = model_io.chat_prompt(tok, prompt) + tok.encode(
-            response[:cut], add_special_tokens=False
+    rows = [
+        decision_row(
+            m, tok, prompt, response[: response.rindex(":") + 1], response.endswith(": equal.")
         )
-        p_eq = 1.0 / (
-            1.0
-            + math.exp(_continuation_logprob(m, prefix, neq) - _continuation_logprob(m, prefix, eq))
-        )
-        equal = response.endswith(": equal.")
-        rows.append({"equal": equal, "p_right": p_eq if equal else 1.0 - p_eq})
+        for prompt, response in held
+    ]
     greedy = _generate(m, tok, [p for p, _ in held], 0.0, seed)
     out = {
         "form": form,
