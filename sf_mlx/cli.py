@@ -369,14 +369,15 @@ def export(
 def compare_runs(
     runs: Annotated[list[Path], typer.Argument(help="Run directories: one recipe, several seeds.")],
     out: Annotated[
-        Path | None, typer.Option(help="Also write compare.md and compare.json here.")
+        Path | None,
+        typer.Option(help="Also write compare.md, compare.json and plots/ (with error bars) here."),
     ] = None,
     boot: Annotated[int, typer.Option(help="Bootstrap draws for the intervals.")] = 2000,
 ) -> None:
     """Per arm and cell: mean accuracy over the runs (seeds) with a 95% interval over seeds and
     questions, and the paired difference SkillFactory -> GRPO minus RL-only on Countdown 4-6."""
     from sf_mlx.rundir import write_json_atomic, write_text_atomic
-    from sf_mlx.study import compare, compare_markdown
+    from sf_mlx.study import compare, compare_markdown, compare_plots
 
     if boot < 100:
         fail(f"--boot {boot}: expected at least 100 draws")
@@ -390,7 +391,8 @@ def compare_runs(
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "compare.md", text)
         write_json_atomic(out / "compare.json", result)
-        typer.echo(f"wrote {out / 'compare.md'} and compare.json")
+        plots = compare_plots(result, out / "plots")
+        typer.echo(f"wrote {out / 'compare.md'}, compare.json and plots/{', plots/'.join(plots)}")
 
 
 @app.command("import-raw")

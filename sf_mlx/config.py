@@ -170,6 +170,13 @@ class SftConfig(_Section):
     dropout: float = _f(0.0, "LoRA dropout", min=0.0)
     num_layers: int = _f(-1, "layers (from the top) that get LoRA adapters; -1: all", min=-1)
     learning_rate: float = _f(1e-4, "peak learning rate", min=0.0)
+    tag_learning_rate: float = _f(
+        0.0,
+        "peak learning rate of the embedding and output rows of the trace tags that are tokens "
+        "of their own (<think>, <sample>, ...: a base whose tokenizer has them never trained "
+        "those rows); every other weight keeps learning_rate; 0: no separate rate; full SFT only",
+        min=0.0,
+    )
     iters: int = _f(200, "optimizer steps (when epochs is 0)", min=1)
     epochs: float = _f(
         0.0,
@@ -182,6 +189,12 @@ class SftConfig(_Section):
     max_seq_len: int = _f(1024, "longest training sequence in tokens (longer are cut)", min=1)
     eval_every: int = _f(50, "steps between validation losses", min=1)
     save_every: int = _f(100, "steps between adapter checkpoints", min=1)
+
+    def _check(self) -> None:
+        if self.tag_learning_rate > 0 and self.method != "full":
+            raise ValueError(
+                "sft.tag_learning_rate needs sft.method=full (LoRA leaves the embeddings frozen)"
+            )
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,7 @@ def run_study(
     training seeds all follow run.seed), then the comparison over the seeds in `run/compare.md`
     and `run/compare.json`."""
     from sf_mlx.rundir import write_json_atomic, write_text_atomic
-    from sf_mlx.study import compare, compare_markdown
+    from sf_mlx.study import compare, compare_markdown, compare_plots
 
     with run.lock():
         for k, seed in enumerate(seeds, 1):
@@ -208,5 +208,6 @@ def run_study(
         result = compare([run.path / f"seed-{s}" for s in seeds])
         write_json_atomic(run.path / "compare.json", result)
         write_text_atomic(run.path / "compare.md", compare_markdown(result))
+        compare_plots(result, run.path / "plots")
     log(f"compared {len(seeds)} seeds: {run.path / 'compare.md'}")
     return run

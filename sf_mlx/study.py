@@ -8,7 +8,9 @@ difference SkillFactory -> GRPO minus RL-only on the mean of Countdown 4-6: with
 arms answer the same questions, so questions are resampled jointly for the two arms.
 
 Read from each run's saved generations (`eval/<arm>/<cell>.jsonl`, standard decoding only), so
-the numbers are recomputed, never copied from a summary.
+the numbers are recomputed, never copied from a summary. `compare_plots` draws the accuracy
+ladder with those intervals as error bars, and each arm's GRPO curves (smoothed per seed, then
+averaged over the seeds, the band spanning the seeds) overlaid on one axis per metric.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from sf_mlx.records import EvalResult
 from sf_mlx.rundir import RunDir, read_jsonl
-from sf_mlx.stages.report import ARM_LABELS
+from sf_mlx.stages.report import ARM_LABELS, _metric_series
 
 HARD_CELLS = ("countdown-4", "countdown-5", "countdown-6")
 PAIRED = ("sft_grpo", "rl_only")  # SkillFactory -> GRPO minus RL-only
@@ -153,3 +155,95 @@ def compare_markdown(result: dict) -> str:
             f"[{100 * p['low']:+.1f}, {100 * p['high']:+.1f}].",
         ]
     return "\n".join(lines) + "\n"
+
+
+CURVE_KEYS = (
+    "grpo/reward",
+    "grpo/frac_reward_zero_std",
+    "grpo/mean_length",
+    "grpo/reflections_per_response",
+)
+
+
+def smooth(ys: list[float], weight: float) -> list[float]:
+    """Exponential moving average (TensorBoard's smoothing), debiased so the first point is kept:
+    `weight` 0 returns the series unchanged."""
+    out, avg = [], 0.0
+    for i, y in enumerate(ys, start=1):
+        avg = weight * avg + (1 - weight) * y
+        out.append(avg / (1 - weight**i) if weight > 0 else y)
+    return out
+
+
+def grpo_curves(run_paths: list[Path], key: str, weight: float = 0.6) -> dict[str, dict]:
+    """{arm: {"steps", "mean", "low", "high"}}: metric `key` of each GRPO arm, smoothed within
+    each run, then the mean and the min..max band over the runs at every step all of them
+    logged."""
+    per_arm: dict[str, list[dict[int, float]]] = defaultdict(list)
+    for path in run_paths:
+        for stage, metrics in _metric_series(RunDir(Path(path))).items():
+            if stage.startswith("grpo/") and key in metrics:
+                steps, ys = zip(*metrics[key], strict=True)
+                per_arm[stage.split("/", 1)[1]].append(
+                    dict(zip(steps, smooth(list(ys), weight), strict=True))
+                )
+    out = {}
+    for arm, runs in per_arm.items():
+        steps = sorted(set.intersection(*(set(r) for r in runs)))
+        out[arm] = {
+            "steps": steps,
+            "mean": [_mean(r[s] for r in runs) for s in steps],
+            "low": [min(r[s] for r in runs) for s in steps],
+            "high": [max(r[s] for r in runs) for s in steps],
+            "runs": len(runs),
+        }
+    return out
+
+
+def compare_plots(result: dict, out_dir: Path, weight: float = 0.6) -> list[str]:
+    """`accuracy_ladder.png` (mean over seeds, 95% seed-and-question intervals as error bars)
+    and `grpo_curves.png` (per metric, the arms overlaid) into `out_dir`; returns the names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for k, (arm, cells) in enumerate(result["cells"].items()):
+        ladder = sorted(
+            (int(c.split("-")[1]), v) for c, v in cells.items() if c.startswith("countdown-")
+        )
+        if not ladder:
+            continue
+        xs = [x + 0.06 * (k - 2) for x, _ in ladder]  # arms side by side, bars readable
+        ys = [100 * v["mean"] for _, v in ladder]
+        err = [
+            [100 * (v["mean"] - v["low"]) for _, v in ladder],
+            [100 * (v["high"] - v["mean"]) for _, v in ladder],
+        ]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=ARM_LABELS.get(arm, arm))
+    ax.set_xlabel("numbers in the Countdown problem")
+    ax.set_ylabel("accuracy % (95% interval)")
+    ax.set_title(f"over {len(result['runs'])} seed(s)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy_ladder.png")
+    plt.close(fig)
+    names.append("accuracy_ladder.png")
+    curves = {key: grpo_curves(result["runs"], key, weight) for key in CURVE_KEYS}
+    if any(curves.values()):
+        fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(4 * len(CURVE_KEYS), 3.2))
+        for ax, key in zip(axes, CURVE_KEYS, strict=True):
+            for arm, c in sorted(curves[key].items()):
+                (line,) = ax.plot(c["steps"], c["mean"], label=ARM_LABELS.get(arm, arm))
+                ax.fill_between(c["steps"], c["low"], c["high"], alpha=0.2, color=line.get_color())
+            ax.set_title(f"{key.split('/', 1)[1]} (smoothed {weight})")
+            ax.set_xlabel("GRPO step")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "grpo_curves.png")
+        plt.close(fig)
+        names.append("grpo_curves.png")
+    return names

@@ -219,3 +219,58 @@ def test_an_adapter_fused_into_a_quantized_base_keeps_its_effect(
     fused, _ = load(str(out))
     gap = np.abs(_logits(fused, tok) - _logits(with_adapter, tok)).mean()
     assert effect > 1e-3 and gap < 1e-3 * effect, (gap, effect)
+
+
+TAGGED = [(u, f"<think>\n{a}\n</think>\n{a}") for u, a in ROWS]
+
+
+def _first_token_prob(model, tokenizer, token: str) -> float:
+    ids = model_io.chat_prompt(tokenizer, ROWS[0][0])
+    logits = model(mx.array([ids]))[0, -1]  # (V,)
+    probs = mx.softmax(logits.astype(mx.float32))
+    return probs[tokenizer.encode(token, add_special_tokens=False)[0]].item()
+
+
+def test_tag_rows_learn_at_their_own_rate_and_nothing_else_moves(tiny_model_dir, tmp_path):
+    from sf_mlx.stages.sft import tag_token_ids, vocab_row_params
+
+    model, tok = model_io.load(str(tiny_model_dir))
+    model.unfreeze()
+    tags = tag_token_ids(tok)
+    assert len(tags) == 10  # the built-in tokenizer keeps every trace tag whole
+    names = vocab_row_params(model)
+    assert names == ["transformer.wte.weight", "lm_head.weight"]
+    before = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+    batches = make_batches(load_examples(tok, _write(tmp_path / "t.jsonl", TAGGED), 256)[0], 4, 0)
+    cfg = SftConfig(method="full", learning_rate=0.0, tag_learning_rate=1e-2, iters=5, warmup=0)
+    train(model, batches, [], cfg, seed=0, tag_ids=tags)
+    after = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+    others = np.setdiff1d(np.arange(before[names[0]].shape[0]), tags)
+    for k in before:
+        if k in names:  # only the rows of tags that occur in the traces moved
+            assert np.array_equal(before[k][others], after[k][others]), k
+            assert not np.array_equal(before[k][tags], after[k][tags]), k
+        else:
+            assert np.array_equal(before[k], after[k]), k
+
+
+def test_a_tag_rate_teaches_the_first_tag_that_a_low_body_rate_cannot(tiny_model_dir, tmp_path):
+    from sf_mlx.stages.sft import tag_token_ids
+
+    path = _write(tmp_path / "t.jsonl", TAGGED)
+    probs = {}
+    for tag_lr in (0.0, 2e-2):
+        model, tok = model_io.load(str(tiny_model_dir))
+        model.unfreeze()
+        batches = make_batches(load_examples(tok, path, 256)[0], 4, 0)
+        cfg = SftConfig(
+            method="full", learning_rate=1e-4, tag_learning_rate=tag_lr, iters=20, warmup=0
+        )
+        train(model, batches, [], cfg, seed=0, tag_ids=tag_token_ids(tok))
+        probs[tag_lr] = _first_token_prob(model, tok, "<think>")
+    assert probs[0.0] < 1e-3 and probs[2e-2] > 0.2, probs  # measured 4e-6 and 0.28
+
+
+def test_a_tag_rate_needs_full_fine_tuning():
+    with pytest.raises(ValueError, match="tag_learning_rate needs sft.method=full"):
+        recipe_from_dict({"sft": {"method": "lora", "tag_learning_rate": 1e-2}})

@@ -75,6 +75,7 @@ def test_the_command_writes_the_table_and_refuses_a_run_without_evaluation(tmp_p
     assert result.exit_code == 0, result.output
     assert "| base model | 50.0 [" in result.output
     assert (tmp_path / "cmp" / "compare.md").read_text().startswith("Accuracy in %")
+    assert (tmp_path / "cmp" / "plots" / "accuracy_ladder.png").stat().st_size > 1000
     (tmp_path / "empty").mkdir()
     bad = CliRunner().invoke(app, ["compare", str(tmp_path / "empty")])
     assert bad.exit_code == 2 and "no eval/ folder" in bad.output
@@ -112,3 +113,34 @@ def test_a_study_runs_the_recipe_once_per_seed_then_compares(tmp_path, monkeypat
     assert len(seen) == done  # every seed's stages were done: nothing runs again
     with pytest.raises(ValueError, match="repeats a seed"):
         load_recipe("countdown-tiny", ["run.seeds=[2, 2]"])
+
+
+def test_smoothing_keeps_the_first_point_and_a_flat_series_flat():
+    from sf_mlx.study import smooth
+
+    assert smooth([1.0, 0.0, 1.0], 0.0) == [1.0, 0.0, 1.0]
+    assert smooth([0.4] * 5, 0.9) == pytest.approx([0.4] * 5)
+    ys = smooth([0.0] * 3 + [1.0] * 3, 0.5)
+    assert ys[0] == 0.0 and ys[3] < 1.0 and ys[3] < ys[4] < ys[5] < 1.0  # lags a step change
+
+
+def test_grpo_curves_average_the_seeds_with_a_band_over_them(tmp_path):
+    from sf_mlx.study import compare_plots, grpo_curves
+
+    paths = []
+    for seed, level in ((0, 0.2), (1, 0.6)):
+        path = _run(tmp_path, f"s{seed}", {"rl_only/countdown-4": [[True], [False]]})
+        run = RunDir(path)
+        for step in (1, 2, 3):
+            run.log_metrics("grpo/rl_only", step, {"grpo/reward": level + 0.1 * step})
+        if seed == 0:  # a step the other seed never logged
+            run.log_metrics("grpo/rl_only", 4, {"grpo/reward": 9.0})
+        paths.append(path)
+    c = grpo_curves(paths, "grpo/reward", weight=0.0)["rl_only"]
+    assert c["steps"] == [1, 2, 3]  # only steps every seed logged
+    assert c["mean"] == pytest.approx([0.5, 0.6, 0.7])
+    assert c["low"] == pytest.approx([0.3, 0.4, 0.5])
+    assert c["high"] == pytest.approx([0.7, 0.8, 0.9])
+    assert c["runs"] == 2
+    names = compare_plots(compare(paths, n_boot=100), tmp_path / "plots")
+    assert names == ["accuracy_ladder.png", "grpo_curves.png"]

@@ -16,8 +16,12 @@ Algorithm (`train_sft`, for any mlx-lm chat JSONL: silver traces, STaR data, ...
    the peak lr over `warmup` steps, then cosine decay to 0 at `iters`; gradient norm clipped to
    1.0; one `mx.compile`d step, one `mx.eval` per step.
 4. `lora` (default): the base is frozen and mlx-lm's LoRA layers go on every linear of the top
-   `num_layers` blocks; `full`: every parameter trains. Validation loss (same token-weighted
-   mean over all of valid.jsonl) every `eval_every` steps and at the end.
+   `num_layers` blocks; `full`: every parameter trains. With `tag_learning_rate` > 0 (full only)
+   the embedding and output rows of the trace tags that are tokens of their own learn at that
+   rate with their own AdamW, every other weight at `learning_rate` (`TagRows`): a base that
+   never saw the tags gets them learnt without a rate that breaks the rest of the model.
+   Validation loss (same token-weighted mean over all of valid.jsonl) every `eval_every` steps
+   and at the end.
 5. Saved every `save_every` steps and at the end: LoRA -> `adapters.safetensors` +
    `adapter_config.json` (mlx-lm's format); full -> a complete HF folder (weights, config,
    tokenizer). Both load with `mlx_lm.load`; `fuse` merges an adapter into a plain HF folder.
@@ -128,14 +132,78 @@ def batch_for_step(n_batches: int, step: int, seed: int) -> int:
 # --- training ------------------------------------------------------------------------------------
 
 
-def make_optimizer(cfg: SftConfig) -> optim.Optimizer:
-    """AdamW; linear warmup from 1% of the peak lr, then cosine decay to 0 at `cfg.iters`."""
-    lr = cfg.learning_rate
+def make_optimizer(cfg: SftConfig, peak: float | None = None) -> optim.Optimizer:
+    """AdamW; linear warmup from 1% of the peak lr (`cfg.learning_rate` unless `peak` is given),
+    then cosine decay to 0 at `cfg.iters`."""
+    lr = cfg.learning_rate if peak is None else peak
     decay = optim.cosine_decay(lr, max(1, cfg.iters - cfg.warmup), 0.0)
     if cfg.warmup > 0:
         warm = optim.linear_schedule(0.01 * lr, lr, cfg.warmup)
         decay = optim.join_schedules([warm, decay], [cfg.warmup])
     return optim.AdamW(learning_rate=decay, weight_decay=0.0)
+
+
+def tag_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of the trace tags that the tokenizer keeps as one token each (sorted, unique).
+
+    A tag split into several ordinary tokens (`<`, `think`, `>` in most Hub tokenizers) reuses
+    trained rows and is not listed."""
+    from sf_mlx.base.tokenizer import TRACE_TAGS
+
+    ids = {tuple(tokenizer.encode(tag, add_special_tokens=False)) for tag in TRACE_TAGS}
+    return sorted(i[0] for i in ids if len(i) == 1)
+
+
+def vocab_row_params(model: nn.Module) -> list[str]:
+    """Names of the parameters with one row per token: the input embedding and, when it is not
+    tied to it, the output head (a linear layer with as many outputs as the embedding has rows)."""
+    embeds = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    if not embeds:
+        return []
+    vocab = embeds[0][1].weight.shape[0]
+    heads = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and "weight" in m and m.weight.shape[0] == vocab
+    ]
+    return [f"{n}.weight" for n, _ in embeds] + [f"{n}.weight" for n in heads]
+
+
+class TagRows:
+    """A second optimizer, at `tag_learning_rate`, for the tag tokens' rows of the embedding and
+    output head; the main optimizer sees those rows' gradients as zero and so (Adam, no weight
+    decay) never moves them, and the tag optimizer sees every other row as zero."""
+
+    def __init__(self, model: nn.Module, cfg: SftConfig, ids: list[int]) -> None:
+        from mlx.utils import tree_flatten
+
+        self.names = vocab_row_params(model)
+        if not self.names or not ids:
+            raise ValueError("sft.tag_learning_rate: the model has no tag rows to train")
+        vocab = dict(tree_flatten(model.parameters()))[self.names[0]].shape[0]
+        rows = np.zeros((vocab, 1), dtype=np.float32)
+        rows[ids] = 1.0
+        self.rows = mx.array(rows)  # (V, 1): 1 on the tag tokens
+        self.opt = make_optimizer(cfg, cfg.tag_learning_rate)
+        self.opt.init(self._subset(model.parameters()))
+
+    def _subset(self, tree: Any) -> Any:
+        from mlx.utils import tree_flatten, tree_unflatten
+
+        flat = dict(tree_flatten(tree))
+        return tree_unflatten([(n, flat[n]) for n in self.names])
+
+    def split(self, grads: Any) -> tuple[Any, Any]:
+        """(grads without the tag rows, the tag rows' grads of the vocabulary parameters)."""
+        from mlx.utils import tree_map_with_path
+
+        keep = 1.0 - self.rows
+        rest = tree_map_with_path(lambda p, g: g * keep if p in self.names else g, grads)
+        tags = tree_map_with_path(lambda p, g: g * self.rows, self._subset(grads))
+        return rest, tags
+
+    def update(self, model: nn.Module, tag_grads: Any) -> None:
+        model.update(self.opt.apply_gradients(tag_grads, self._subset(model.parameters())))
 
 
 def evaluate(model: nn.Module, batches: list[tuple]) -> float:
@@ -160,21 +228,33 @@ def train(
     log_metrics: LogMetrics | None = None,
     progress: Progress | None = None,
     save: Callable[[int], None] | None = None,
+    tag_ids: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Train the trainable parameters of `model` in place for `cfg.iters` steps; returns stats."""
+    """Train the trainable parameters of `model` in place for `cfg.iters` steps; returns stats.
+
+    With `cfg.tag_learning_rate` > 0 the rows of `tag_ids` in the embedding and output head
+    learn at that rate instead (`TagRows`)."""
     if not train_batches:
         raise ValueError("no training batches: the training file has no usable rows")
     log = log_metrics or (lambda step, metrics: None)
     mx.random.seed(seed)  # dropout
     opt = make_optimizer(cfg)
     opt.init(model.trainable_parameters())
+    tags = TagRows(model, cfg, tag_ids or []) if cfg.tag_learning_rate > 0 else None
     loss_and_grad = nn.value_and_grad(model, masked_ce)
     state = [model.state, opt.state, mx.random.state]
+    if tags:
+        state.append(tags.opt.state)
 
     def step_fn(tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
         (loss, n), grads = loss_and_grad(model, tokens, mask)  # scalar, scalar
         grads, _ = optim.clip_grad_norm(grads, GRAD_CLIP)
-        opt.update(model, grads)
+        if tags:
+            grads, tag_grads = tags.split(grads)
+            opt.update(model, grads)
+            tags.update(model, tag_grads)
+        else:
+            opt.update(model, grads)
         return loss, n
 
     compiled = mx.compile(step_fn, inputs=state, outputs=state)
@@ -345,6 +425,7 @@ def train_sft(
         log_metrics,
         progress,
         save,
+        tag_ids=tag_token_ids(tokenizer),
     )
     return {
         "method": cfg.method,
