@@ -153,7 +153,9 @@ async def test_live_screen_shows_stages_plots_log_and_hints():
             "plots-arms",
         ]
         arms = [plain(label) for label in screen._panels["arms"].query(".metric-title")]
-        assert arms[0].startswith("reward rl_only") and arms[1].startswith("reward sft_grpo")
+        # one chart per metric, the arms overlaid on one scale, each in the legend with its value
+        assert arms[0].startswith("reward") and "━ rl_only" in arms[0] and "━ sft_grpo" in arms[0]
+        assert arms[1].startswith("accuracy")
         panel = screen._panels["grpo/rl_only"]
         titles = [plain(label) for label in panel.query(".metric-title")]
         assert titles[0].startswith("reward") and "step 2" in titles[0]

@@ -1,13 +1,14 @@
-"""Widgets shared by the screens: a labelled metric sparkline and a panel of them per stage."""
+"""Widgets shared by the screens: a labelled metric chart and a panel of them per stage."""
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Label, Sparkline
+from textual.widgets import Label
 
 from sf_mlx.metrics import METRICS, is_metric, metric
+from tui.chart import PALETTE, LineChart
 
 # Plotted first, in this order (the rest of a stage's metrics follow in METRICS order).
 KEY_METRICS = (
@@ -50,7 +51,7 @@ def plot_order(names: list[str]) -> list[str]:
 def metric_title(name: str, points: tuple[tuple[int, float], ...]) -> Text:
     """'label  0.4200  step N  range min .. max' for one series ('label arm' for 'name@arm')."""
     base, arm = _split(name)
-    label, fmt = (metric(base).label, metric(base).format) if is_metric(base) else (base, str)
+    label, fmt = _label_fmt(base)
     title = Text(f"{label:<16}", "bold")
     if arm:
         title = Text.assemble(
@@ -64,26 +65,55 @@ def metric_title(name: str, points: tuple[tuple[int, float], ...]) -> Text:
     return title
 
 
+def overlay_title(base: str, lines: dict[str, tuple[tuple[int, float], ...]]) -> Text:
+    """'label  ━ rl_only 0.42 @20  ━ sft_grpo 0.31 @7': one legend entry per arm, in its colour."""
+    label, fmt = _label_fmt(base)
+    title = Text(f"{label:<16}", "bold")
+    for i, (arm, points) in enumerate(lines.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        title.append(f" ━ {arm}", colour)
+        if points:
+            title.append(f" {fmt(points[-1][1])}", f"bold {colour}")
+            title.append(f" @{points[-1][0]}", "dim")
+    return title
+
+
+def _label_fmt(base: str):
+    return (metric(base).label, metric(base).format) if is_metric(base) else (base, str)
+
+
 class MetricPlot(Vertical):
-    """A title line with the latest value and range, over a sparkline of every logged step."""
+    """A title line over a line chart with axes: one metric, for one series or for several arms
+    overlaid on one scale (series named 'metric@arm')."""
 
     def __init__(self, name: str, **kwargs) -> None:
         super().__init__(classes="metric-plot", **kwargs)
         self.metric_name = name
         self._title = Label(metric_title(name, ()), classes="metric-title")
-        self._spark = Sparkline([], summary_function=max)
+        fmt = _label_fmt(name)[1]
+        self._chart = LineChart(fmt=lambda v: _tick(fmt, v))
 
     def compose(self) -> ComposeResult:
         yield self._title
-        yield self._spark
+        yield self._chart
 
-    def update_points(self, points: tuple[tuple[int, float], ...]) -> None:
-        self._title.update(metric_title(self.metric_name, points))
-        self._spark.data = [v for _, v in points if v == v]  # NaN would break the scale
+    def update_lines(self, lines: dict[str, tuple[tuple[int, float], ...]]) -> None:
+        """`lines`: {arm (or '' for a single series): points}."""
+        if list(lines) == [""]:
+            self._title.update(metric_title(self.metric_name, lines[""]))
+        else:
+            self._title.update(overlay_title(self.metric_name, lines))
+        self._chart.set_series(list(lines.items()))
+
+
+def _tick(fmt, value: float) -> str:
+    """A y tick label: the metric's own format, without padding."""
+    return str(fmt(value)).strip()
 
 
 class PlotPanel(VerticalScroll):
-    """The metric plots of one stage; plots for new metric names are added as they appear."""
+    """The metric charts of one stage, one per metric ('name@arm' series of one metric share a
+    chart); charts for new metric names are added as they appear."""
 
     def __init__(self, stage: str, **kwargs) -> None:
         super().__init__(classes="plot-panel", **kwargs)
@@ -102,7 +132,11 @@ class PlotPanel(VerticalScroll):
         if not self._ready:
             self._waiting = series
             return
-        new = [n for n in series if n not in self._plots]
+        grouped: dict[str, dict[str, tuple[tuple[int, float], ...]]] = {}
+        for name in plot_order(list(series)):
+            base, arm = _split(name)
+            grouped.setdefault(base, {})[arm] = series[name]
+        new = [n for n in grouped if n not in self._plots]
         for name in new:
             self._plots[name] = MetricPlot(name)
         order = plot_order(list(self._plots))
@@ -111,4 +145,4 @@ class PlotPanel(VerticalScroll):
                 after = next((self._plots[n] for n in order[i + 1 :] if n not in new), None)
                 self.mount(self._plots[name], before=after)
         for name, plot in self._plots.items():
-            plot.update_points(series.get(name, ()))
+            plot.update_lines(grouped.get(name, {"": ()}))
