@@ -291,8 +291,13 @@ def _recipe_in_background(name: str, overrides: list[str], run_dir: Path | None)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     from tui.app import run as run_tui
 
-    run_tui(path)
-    typer.echo(f"recipe still running (pid {proc.pid}); log: {path / 'recipe.log'}")
+    run_tui(path, single_run=True)
+    code = proc.poll()
+    if code is None:
+        typer.echo(f"recipe still running (pid {proc.pid}); log: {path / 'recipe.log'}")
+    else:
+        state = "finished" if code == 0 else f"failed (exit code {code})"
+        typer.echo(f"recipe {state}; run directory: {path}; log: {path / 'recipe.log'}")
 
 
 @app.command("tui")

@@ -70,14 +70,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("grpo/peak_memory_gb", "peak mem GB", "peak accelerator memory in GB", ".2f"),
     Metric(
         "grpo/samples_per_response",
-        "answers/resp",
-        "mean number of attempts (<answer> tags) per completion",
+        "attempts/resp",
+        "mean number of attempts (<sample> blocks) per completion",
         ".2f",
     ),
     Metric(
         "grpo/reflections_per_response",
         "reflections/resp",
-        "mean number of reflections (<verdict> tags) per completion",
+        "mean number of reflections (<reflect> blocks) per completion",
         ".2f",
     ),
     Metric(

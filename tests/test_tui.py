@@ -134,6 +134,57 @@ async def test_runs_screen_keeps_its_table_when_a_poll_finds_nothing_new(tmp_pat
 
 
 @pytest.mark.anyio
+async def test_a_run_being_started_opens_on_its_live_view_before_it_has_files(tmp_path):
+    """`recipe --tui` opens the TUI on a run folder the recipe's process has not written yet."""
+    path = tmp_path / "starting"
+    path.mkdir()
+    app = SfMlxApp(path, clock=lambda: NOW, poll_scale=0.05, single_run=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, LiveScreen) and app.screen.run.path == path
+        shutil.copytree(RUNS / "mid-grpo", path, dirs_exist_ok=True)  # the process writes
+        for _ in range(40):
+            await pilot.pause(0.05)
+            await settle(pilot)
+            if app.screen.snapshot and app.screen.snapshot.stages[0].state == "done":
+                break
+        assert app.screen.snapshot.stages[0].state == "done"
+        await pilot.press("escape")
+        await settle(pilot)
+        names = [r[0] for r in rows(app.screen.query_one("#runs", DataTable))]
+        assert names == ["starting"]  # the list holds that run, not an empty folder listing
+
+
+def test_recipe_tui_says_whether_the_recipe_still_runs(tmp_path, monkeypatch):
+    """After the TUI quits, `recipe --tui` reports the recipe's process as it is."""
+    from typer.testing import CliRunner
+
+    import tui.app
+    from sf_mlx.cli import app as cli_app
+
+    real_popen = subprocess.Popen
+    for script, expected in (("pass", "recipe finished"), ("import time; time.sleep(30)", "still")):
+        procs = []
+
+        def popen(cmd, script=script, procs=procs, **kw):  # the recipe's process, as a stand-in
+            procs.append(real_popen([sys.executable, "-c", script], **kw))
+            return procs[-1]
+
+        def watch_until_quit(path, single_run, finished=script == "pass", procs=procs):
+            assert single_run
+            if finished:  # the user quits after the recipe ended
+                procs[0].wait(timeout=30)
+
+        monkeypatch.setattr(subprocess, "Popen", popen)
+        monkeypatch.setattr(tui.app, "run", watch_until_quit)
+        out = CliRunner().invoke(
+            cli_app, ["recipe", "countdown-tiny", "--tui", "--run-dir", str(tmp_path / "r")]
+        )
+        procs[0].kill()
+        assert out.exit_code == 0 and expected in out.output, out.output
+
+
+@pytest.mark.anyio
 async def test_live_screen_shows_stages_plots_log_and_hints():
     app = make_app(RUNS / "mid-grpo")
     async with app.run_test(size=SIZE) as pilot:
@@ -492,3 +543,29 @@ def test_snapshot(snap_compare, in_fixtures, screen):
             difflib.unified_diff(expected, screen_text(seen[-1]), "stored", "seen", lineterm="")
         )
         pytest.fail(f"{screen} screen differs from its snapshot:\n{diff or '(styles only)'}")
+
+
+@pytest.mark.anyio
+async def test_a_poll_result_arriving_while_the_app_quits_is_dropped():
+    """A worker finishing during shutdown must not mount plots into a closing screen."""
+    import dataclasses
+
+    from textual.worker import WorkerState
+
+    app = make_app(RUNS / "mid-grpo")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        snap = screen.snapshot
+        late = dataclasses.replace(
+            snap, series={**snap.series, "grpo/star_grpo": {"grpo/reward": ((1, 0.5),)}}
+        )
+
+        class Done:  # the state message of a poll worker that finished with `late`
+            group, result, error = "poll", late, None
+
+        screen._handlers["poll"] = screen.apply
+        app.exit()
+        event = type("StateChanged", (), {"worker": Done, "state": WorkerState.SUCCESS})
+        screen.on_worker_state_changed(event)
+        assert "grpo/star_grpo" not in screen._panels

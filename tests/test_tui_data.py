@@ -14,11 +14,21 @@ RUNS = Path(__file__).parent / "fixtures" / "runs"
 def test_health_hints_name_the_problem():
     series = {"grpo/rl_only": {"grpo/frac_reward_zero_std": ((1, 0.6),)}}
     series["grpo/rl_only"]["grpo/truncation_rate"] = ((1, 0.4),)
-    hints = watch.health_hints(series, {"state": "done"}, alive=False, now=0.0)
+    running = {"state": "running", "stage": "grpo/rl_only", "updated": 0.0}
+    hints = watch.health_hints(series, running, alive=True, now=0.0)
     assert hints == [
         "grpo/rl_only: 60% of groups had zero reward std: no learning signal",
         "grpo/rl_only: 40% of responses truncated: raise grpo.max_tokens",
     ]
+    # a finished arm's last numbers raise nothing: not once the next stage runs, nor at the end
+    later = {**running, "stage": "evaluate"}
+    assert watch.health_hints(series, later, alive=True, now=0.0) == []
+    assert watch.health_hints(series, {"state": "done", "stage": "report"}, False, 0.0) == []
+    # "no reflections" only for the arm whose SFT taught them
+    quiet = {"grpo/reflections_per_response": ((1, 0.0),)}
+    for arm, expected in (("grpo/rl_only", 0), ("grpo/star_grpo", 0), ("grpo/sft_grpo", 1)):
+        hints = watch.health_hints({arm: quiet}, {**running, "stage": arm}, True, 0.0)
+        assert len(hints) == expected, (arm, hints)
     assert watch.health_hints({}, {"state": "running", "pid": 7}, alive=False, now=0.0) == [
         "status says running but process 7 is gone: run stopped"
     ]

@@ -60,10 +60,13 @@ class SfMlxApp(App):
         clock: Callable[[], float] = time.time,
         poll_scale: float = 1.0,
         reader: RecordReader | None = None,
+        single_run: bool = False,
     ) -> None:
-        """`clock` and `poll_scale` (multiplies every poll interval) are for tests; `reader`
+        """`single_run`: `path` is one run even before it holds any file (a run being started);
+        `clock` and `poll_scale` (multiplies every poll interval) are for tests; `reader`
         reads the trace browser's records (default: in a child process)."""
         super().__init__()
+        self.single_run = single_run
         self.reader = reader or RecordReader()
         self.path = Path(path)
         self.clock = clock
@@ -75,8 +78,8 @@ class SfMlxApp(App):
         self.reader.close()
 
     def on_mount(self) -> None:
-        self.push_screen(RunsScreen(self.path))
-        if RunDir(self.path).is_run():
+        self.push_screen(RunsScreen(self.path, self.single_run))
+        if self.single_run or RunDir(self.path).is_run():
             self.open_run(RunDir(self.path), "live")
 
     def run_watch(self, run: RunDir) -> RunWatch:
@@ -122,6 +125,7 @@ class SfMlxApp(App):
             self.push_screen(HelpScreen(self.key_sections()))
 
 
-def run(path: str | os.PathLike[str] = "runs") -> None:
-    """Start the TUI on a runs folder or a single run directory (blocks until quit)."""
-    SfMlxApp(path).run()
+def run(path: str | os.PathLike[str] = "runs", single_run: bool = False) -> None:
+    """Start the TUI on a runs folder or a single run directory (blocks until quit);
+    `single_run`: `path` is a run even if its process has not written a file yet."""
+    SfMlxApp(path, single_run=single_run).run()

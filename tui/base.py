@@ -72,7 +72,9 @@ class WorkerScreen(Screen):
         self._busy.discard(group)
         if group in self._pending:  # this result is already stale
             self.load(group, *self._pending.pop(group))
-        elif event.state == WorkerState.SUCCESS:
+        elif event.state == WorkerState.SUCCESS and self.is_attached:
+            # a result that arrives once the app exits is dropped (is_attached is False from
+            # App.exit on): its screen's widgets are being removed, and mounting there raises
             self._handlers[group](worker.result)
         if worker.error is not None:
             self.report([f"{type(worker.error).__name__}: {worker.error}"])

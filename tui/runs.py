@@ -52,9 +52,10 @@ class RunsScreen(WorkerScreen):
     BINDINGS = [Binding("enter", "open", "Open run")]
     POLL_SECONDS = 2.0
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, single_run: bool = False) -> None:
         super().__init__()
         self.path = path
+        self.single_run = single_run  # `path` is one run, whether or not it has files yet
         self.snapshots: list[Snapshot] = []
         self.loaded = False
         self._shown: list[tuple[str, tuple[str, ...]]] | None = None
@@ -74,7 +75,7 @@ class RunsScreen(WorkerScreen):
 
     def fetch(self) -> list[Snapshot]:
         single = RunDir(self.path)
-        runs = [single] if single.is_run() else list_runs(self.path)
+        runs = [single] if self.single_run or single.is_run() else list_runs(self.path)
         return [self.app.run_watch(run).poll() for run in runs]  # type: ignore[attr-defined]
 
     def apply(self, snapshots: list[Snapshot]) -> None:

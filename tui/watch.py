@@ -171,18 +171,25 @@ def format_event(row: dict[str, Any]) -> str:
     return f"{when} {kind} {stage}"
 
 
+# The arms whose SFT data taught reflection: only for them is "no reflections" a problem.
+REFLECTING_ARMS = ("grpo/sft_grpo",)
+
+
 def health_hints(
     series: dict[str, dict[str, tuple[tuple[int, float], ...]]],
     status: dict[str, Any] | None,
     alive: bool,
     now: float,
 ) -> list[str]:
-    """Plain-words warnings about the latest metrics and the run's process."""
+    """Plain-words warnings about the running stage's latest metrics and the run's process.
+
+    Metric hints are about the stage status.json says is running (or was, when its process is
+    gone): a finished arm's last numbers are history, not a problem to act on."""
     hints: list[str] = []
-    grpo = [s for s in series if s.startswith("grpo/")]
+    active = status.get("stage") if status and status.get("state") == "running" else None
     for stage, metrics in series.items():
-        if stage in grpo[:-1]:
-            continue  # only the GRPO arm that started last: earlier arms have finished
+        if stage != active:
+            continue
 
         def last(name: str, metrics: dict = metrics) -> float | None:
             points = metrics.get(name)
@@ -200,7 +207,7 @@ def health_hints(
         if len(acc) >= 3 and all(v == 0 for _, v in acc[-3:]):
             hints.append(f"{stage}: accuracy 0 for the last {len(acc[-3:])} steps: no reward")
         refl = last("grpo/reflections_per_response")
-        if refl is not None and refl < 0.05 and stage != "grpo/rl_only":
+        if refl is not None and refl < 0.05 and stage in REFLECTING_ARMS:
             hints.append(f"{stage}: {refl:.2f} reflections per response: the skill is not used")
         for name in ("sft/train_loss", "grpo/loss"):
             value = last(name)
