@@ -333,6 +333,56 @@ async def test_browser_filters_search_and_segment_sources():
 
 
 @pytest.mark.anyio
+async def test_a_list_opened_before_its_file_exists_fills_itself(tmp_path):
+    run = shutil.copytree(RUNS / "finished", tmp_path / "finished")
+    (run / "traces.jsonl").rename(tmp_path / "traces.jsonl")  # rearrange has not run yet
+    app = make_app(run, poll_scale=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("t", "3")
+        await settle(pilot)
+        screen = app.screen
+        count = screen.query_one("#count", Static)
+        assert str(count.content).startswith("no traces yet")
+        (tmp_path / "traces.jsonl").rename(run / "traces.jsonl")  # the stage writes them
+        for _ in range(40):
+            await pilot.pause(0.05)
+            await settle(pilot)
+            if screen.query_one("#items", DataTable).row_count:
+                break
+        assert screen.query_one("#items", DataTable).row_count == 12  # no `r` pressed
+        with (run / "traces.jsonl").open("a") as f:  # more rows while the list is read
+            f.write((run / "traces.jsonl").read_text().splitlines()[0] + "\n")
+        for _ in range(40):
+            await pilot.pause(0.05)
+            await settle(pilot)
+            if "new rows" in str(count.content):
+                break
+        assert "new rows: r reloads" in str(count.content)
+        assert screen.query_one("#items", DataTable).row_count == 12  # the cursor stays put
+
+
+@pytest.mark.anyio
+async def test_a_filter_chosen_in_its_dropdown_hands_the_keys_back_to_the_list():
+    app = make_app(RUNS / "finished")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("t")
+        await settle(pilot)
+        screen = app.screen
+        table = screen.query_one("#items", DataTable)
+        grade = screen.query_one("#grade", Select)
+        grade.focus()
+        await pilot.press("enter", "down", "enter")  # open, move to "correct", choose it
+        await settle(pilot)
+        assert grade.value == "correct" and not grade.expanded
+        assert table.has_focus
+        row = table.cursor_row
+        await pilot.press("down")
+        assert table.cursor_row == row + 1 and not grade.expanded
+
+
+@pytest.mark.anyio
 async def test_browser_rollout_opens_its_group():
     app = make_app(RUNS / "finished")
     async with app.run_test(size=SIZE) as pilot:

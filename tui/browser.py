@@ -15,7 +15,7 @@ from textual.widgets.option_list import Option
 from sf_mlx.records import Reflection, Rollout, Trace
 from sf_mlx.rundir import RunDir
 from tui.base import RunScreen
-from tui.load import COLUMNS, FACETS, KINDS, Item, Page
+from tui.load import COLUMNS, FACETS, KINDS, Item, Page, files_signature
 from tui.render import record_body, record_detail, record_header, segment_text
 
 MAX_ROWS = 1000  # rows put in the table; filters and search narrow the rest
@@ -28,6 +28,7 @@ class BrowserScreen(RunScreen):
     """`1-5` kind, `f` grade filter, `/` search, `o` open a rollout's group, `r` reload files."""
 
     VIEW = "traces"
+    POLL_SECONDS = 2.0  # how often the record files are checked for new rows
     BINDINGS = [
         Binding("1", "kind('samples')", "Samples", show=False),
         Binding("2", "kind('reflections')", "Reflections", show=False),
@@ -49,6 +50,8 @@ class BrowserScreen(RunScreen):
         self.shown: list[Item] = []  # the page's items, in table order
         self.matches = 0
         self._search_timer: Timer | None = None
+        self._signature: tuple | None = None  # the files the shown kind was read from
+        self._signature_kind = ""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -76,6 +79,32 @@ class BrowserScreen(RunScreen):
         self.query_one("#segments", OptionList).display = False
         self.query_one("#items", DataTable).focus()
         self.set_kind("samples")
+        self.start_polling()
+
+    def fetch(self) -> tuple[str, tuple]:
+        """(kind, signature of its files): run in a worker every POLL_SECONDS."""
+        kind = self.kind
+        return kind, files_signature(self.run, kind)
+
+    def apply(self, data: tuple[str, tuple]) -> None:
+        """An empty list fills itself once its files appear; a shown list says when its files
+        grew (`r` reloads it: reloading on its own would move the cursor while you read)."""
+        kind, signature = data
+        if kind != self.kind or self.page is None or self.page.kind != kind:
+            return
+        if self._signature_kind != kind:
+            self._signature, self._signature_kind = signature, kind
+        elif signature != self._signature:
+            if self.page.total == 0:
+                self._signature = signature
+                self.set_kind(kind, reload=True)
+            else:
+                count = self.query_one("#count", Static)
+                count.update(
+                    Text.assemble(
+                        self._count_text(self.page), ("  · new rows: r reloads", "yellow")
+                    )
+                )
 
     # --- loading and filtering: the app's record reader (a child process), asked from workers ---
 
@@ -88,6 +117,7 @@ class BrowserScreen(RunScreen):
 
     def set_kind(self, kind: str, reload: bool = False) -> None:
         self.kind = kind
+        self._signature, self._signature_kind = files_signature(self.run, kind), kind
         if self.query_one("#kind", Select).value != kind:
             self.query_one("#kind", Select).value = kind
         self.query_one("#count", Static).update(f"loading {kind} ...")
@@ -138,11 +168,7 @@ class BrowserScreen(RunScreen):
         table.clear()
         for i, it in enumerate(self.shown):
             table.add_row(*(self._cell(it, c) for c in it.cells), key=str(i))
-        more = f" (first {len(self.shown)} shown)" if page.matches > len(self.shown) else ""
-        self.query_one("#count", Static).update(
-            f"{page.matches} of {page.total} {self.kind}{more}"
-            + ("" if page.matches else " · nothing matches")
-        )
+        self.query_one("#count", Static).update(self._count_text(page))
         if self.shown:
             table.move_cursor(row=0)
             self.show_item(0)
@@ -150,6 +176,14 @@ class BrowserScreen(RunScreen):
             self.query_one("#detail-head", Static).update("")
             self.query_one("#detail-text", Static).update("")
             self.query_one("#segments", OptionList).display = False
+
+    def _count_text(self, page: Page) -> str:
+        more = f" (first {len(page.items)} shown)" if page.matches > len(page.items) else ""
+        if page.total == 0:
+            return f"no {self.kind} yet · the list fills when the run writes them"
+        return f"{page.matches} of {page.total} {self.kind}{more}" + (
+            "" if page.matches else " · nothing matches"
+        )
 
     @staticmethod
     def _cell(item: Item, value: str) -> Text | str:
@@ -224,6 +258,11 @@ class BrowserScreen(RunScreen):
             self.set_kind(str(event.value))
         elif event.select.id != "kind":
             self.refilter()
+        focused = self.focused
+        if focused is not None and (focused is event.select or event.select in focused.ancestors):
+            # a choice made in a dropdown hands the keys back to the list (after the select's
+            # own refocus, which Textual schedules when the choice is made)
+            self.call_after_refresh(self.query_one("#items", DataTable).focus)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         """Search once typing pauses, not on every key (a big list takes a moment to fill)."""

@@ -149,6 +149,30 @@ def eval_files(run: RunDir) -> list[Path]:
     return sorted(run.eval_dir.rglob("*.jsonl")) if run.eval_dir.is_dir() else []
 
 
+def kind_files(run: RunDir, kind: str) -> list[Path]:
+    """The files `load_items(run, kind)` reads its records from (present or not)."""
+    files = {
+        "samples": [run.samples],
+        "reflections": [run.reflections],
+        "traces": [run.traces],
+        "rollouts": [p for steps in rollout_files(run).values() for _, p in steps],
+        "eval": eval_files(run),
+    }
+    return files[kind]
+
+
+def files_signature(run: RunDir, kind: str) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime) of each existing file of `kind`: it changes when a record is added."""
+    out = []
+    for path in kind_files(run, kind):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 def _read(path: Path, record_type: type[Record], errors: list[str]) -> Iterable[Any]:
     """Rows of `path`; a bad file is reported in `errors` and skipped from the bad line on."""
     if not path.exists():
