@@ -83,7 +83,17 @@ def rows(table: DataTable) -> list[list[str]]:
 
 def plain(widget: Static) -> str:
     content = widget.content
-    return content.plain if hasattr(content, "plain") else str(content)
+    if hasattr(content, "plain"):
+        return content.plain
+    if hasattr(content, "renderables"):  # a rich Group: render it as the terminal would
+        import io
+
+        from rich.console import Console
+
+        console = Console(width=300, record=True, file=io.StringIO())
+        console.print(content)
+        return console.export_text()
+    return str(content)
 
 
 # --- screens -------------------------------------------------------------------------------------
@@ -462,6 +472,11 @@ async def test_group_inspector_jumps_to_zero_std_and_worst_groups():
         await settle(pilot)
         assert (screen.arm, screen.step) == ("rl_only", 2)
         assert "arm rl_only  step 2 (1..3)" in plain(screen.query_one("#groups-bar", Static))
+        group = screen.groups[table.cursor_row]
+        shown = plain(screen.query_one("#completion-text", Static))
+        problem = screen.problems[group.problem_id]
+        assert shown.startswith(f"question {problem.question}")  # the question, then the target
+        assert f"target {problem.data['target']}" in shown
 
 
 @pytest.mark.anyio

@@ -122,3 +122,28 @@ def test_the_record_reader_pages_from_a_child_process(tmp_path):
     finally:
         reader.close()
     assert reader._proc is None
+
+
+def test_a_verdict_is_coloured_by_whether_it_is_right_not_by_what_it_says():
+    from sf_mlx.records import Problem
+    from tui.render import VERDICT_STYLES, answer_check, highlight
+
+    problem = Problem("countdown-3/x/0", "countdown", "q", {"numbers": [2, 3, 4], "target": 20})
+    text = (
+        "<sample><answer>2 + 3</answer></sample><reflect>2 + 3 = 5. "
+        "<verdict>Correct</verdict></reflect>"  # wrong: 5 is not 20
+        "<sample><answer>(2 + 3) * 4</answer></sample><reflect>= 20. "
+        "<verdict>Correct</verdict></reflect>"  # right
+    )
+
+    def styles(out) -> list[str]:
+        return [str(span.style) for span in out.spans if "reverse" in str(span.style)]
+
+    assert styles(highlight(text, check=answer_check(problem))) == [
+        VERDICT_STYLES[False],
+        VERDICT_STYLES[True],
+    ]
+    assert styles(highlight(text)) == [VERDICT_STYLES[None]] * 2  # no checker: uncoloured
+    one = "Recompute: 9. <verdict>Incorrect</verdict>"
+    assert styles(highlight(one, verdict_right=True)) == [VERDICT_STYLES[True]]
+    assert answer_check(None) is None

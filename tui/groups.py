@@ -12,11 +12,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static
 
-from sf_mlx.records import Rollout
+from sf_mlx.records import Problem, Rollout
 from sf_mlx.rundir import RunDir
 from tui.base import RunScreen
-from tui.load import Group, load_groups, next_zero_std, rollout_files, worst_group
-from tui.render import highlight
+from tui.load import Group, load_groups, load_problems, next_zero_std, rollout_files, worst_group
+from tui.render import answer_check, highlight
 
 Files = dict[str, list[tuple[int, Path]]]
 
@@ -59,6 +59,7 @@ class GroupScreen(RunScreen):
         self.groups: list[Group] = []
         self._target_group = 0
         self._running_arm: str | None = None
+        self.problems: dict[str, Problem] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -75,13 +76,17 @@ class GroupScreen(RunScreen):
     def on_mount(self) -> None:
         self.start_polling()
 
-    def fetch(self) -> tuple[Files, str | None]:
+    def fetch(self) -> tuple[Files, str | None, dict[str, Problem] | None]:
         status = self.run.read_status() or {}
         stage = str(status.get("stage") or "")
-        return rollout_files(self.run), stage.removeprefix("grpo/") if "grpo/" in stage else None
+        arm = stage.removeprefix("grpo/") if "grpo/" in stage else None
+        problems = None if self.problems else load_problems(self.run)  # written once, first
+        return rollout_files(self.run), arm, problems
 
-    def apply(self, result: tuple[Files, str | None]) -> None:
-        files, self._running_arm = result
+    def apply(self, result: tuple[Files, str | None, dict[str, Problem] | None]) -> None:
+        files, self._running_arm, problems = result
+        if problems:
+            self.problems = problems
         first = not self.files
         self.files = files
         if first and files:
@@ -143,16 +148,25 @@ class GroupScreen(RunScreen):
         g = self.groups[index]
         box = self.query_one("#completions", VerticalScroll)
         box.border_title = f"group {g.group} · {g.problem_id}"
+        problem = self.problems.get(g.problem_id)
+        check = answer_check(problem)
+        if problem is None:
+            head = Text(f"{g.problem_id}: not in problems.jsonl (verdicts uncoloured)", "dim")
+        else:
+            head = Text.assemble(("question ", "dim"), (problem.question, "italic"))
+            if "target" in problem.data:
+                head.append(f"\ntarget {problem.data['target']}", "bold")
+            head.append("\nverdicts: green when right, red when wrong (checker's grade)", "dim")
         panels = [
             Panel(
-                highlight(r.completion),
+                highlight(r.completion, check=check),
                 title=completion_title(r),
                 title_align="left",
                 border_style="green" if r.reward > 0 else "red",
             )
             for r in g.rollouts
         ]
-        self.query_one("#completion-text", Static).update(Stack(*panels))
+        self.query_one("#completion-text", Static).update(Stack(head, *panels))
         box.scroll_home(animate=False)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

@@ -186,6 +186,11 @@ def _read(path: Path, record_type: type[Record], errors: list[str]) -> Iterable[
     return out
 
 
+def load_problems(run: RunDir) -> dict[str, Problem]:
+    """The run's problems by id (empty when problems.jsonl is missing or unreadable)."""
+    return {p.problem_id: p for p in _read(run.problems, Problem, [])}
+
+
 def load_items(run: RunDir, kind: str) -> Loaded:
     """All records of `kind` (one of KINDS) with the problems and sources they link to."""
     if kind not in KINDS:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from rich.text import Text
 
 from sf_mlx.records import EvalResult, Problem, Record, Reflection, Rollout, Sample, Segment, Trace
+from sf_mlx.tasks import extract_answer
 
 SEGMENT_STYLES = {"sample": "cyan", "reflect": "magenta", "glue": "yellow", "answer": "bold green"}
 _TAG = re.compile(r"</?(think|sample|reflect|answer|verdict)>", re.IGNORECASE)
@@ -20,16 +22,45 @@ def grade_mark(correct: bool | None) -> Text:
     return Text("✓ correct", "bold green") if correct else Text("✗ wrong", "bold red")
 
 
-def highlight(text: str, base: str = "") -> Text:
-    """`text` with tags dimmed, verdicts coloured by their value and answers in bold."""
+VERDICT_STYLES = {True: "bold reverse green", False: "bold reverse red", None: "bold reverse"}
+_PAIR = re.compile(r"<sample>(.*?)</sample>\s*<reflect>(.*?)</reflect>", re.IGNORECASE | re.DOTALL)
+Check = Callable[[str | None], bool]  # grades one extracted answer
+
+
+def answer_check(problem: Problem | None) -> Check | None:
+    """The task's checker for `problem`'s answers (None without a problem or a known task)."""
+    if problem is None:
+        return None
+    from sf_mlx.tasks import get_task
+
+    try:
+        task = get_task(problem.task)
+    except (KeyError, ValueError):
+        return None
+    return lambda answer: bool(task.check(problem, answer))
+
+
+def highlight(
+    text: str, base: str = "", check: Check | None = None, verdict_right: bool | None = None
+) -> Text:
+    """`text` with tags dimmed and answers in bold. A verdict is coloured by whether it is
+    RIGHT, never by what it says: with `check`, each <sample>'s answer is graded and the verdict
+    of the <reflect> after it is green when it matches that grade, red when it does not;
+    `verdict_right` colours the verdicts of a text that is one reflection; otherwise verdicts
+    are shown uncoloured."""
     out = Text(text, style=base)
     for m in _ANSWER.finditer(text):
         out.stylize("bold", m.start(1), m.end(1))
     for m in _TAG.finditer(text):
         out.stylize("dim", m.start(), m.end())
+    right: dict[int, bool] = {}  # verdict start -> whether it is right
+    if check is not None:
+        for pair in _PAIR.finditer(text):
+            graded = check(extract_answer(pair[1]))
+            for v in _VERDICT.finditer(text, pair.start(2), pair.end(2)):
+                right[v.start(1)] = (v[1].lower() == "correct") == graded
     for m in _VERDICT.finditer(text):
-        good = m[1].lower() == "correct"
-        out.stylize("bold reverse green" if good else "bold reverse red", m.start(1), m.end(1))
+        out.stylize(VERDICT_STYLES[right.get(m.start(1), verdict_right)], m.start(1), m.end(1))
     return out
 
 
@@ -88,14 +119,17 @@ def record_header(record: Record) -> Text:
     return Text("\n").join([head, _field_line(fields)])
 
 
-def record_body(record: Record) -> Text:
-    """The generated text of a record (a trace's segments, coloured, one after another)."""
+def record_body(record: Record, problem: Problem | None = None) -> Text:
+    """The generated text of a record (a trace's segments, coloured, one after another); with
+    its problem, verdicts are coloured by whether they are right."""
     if isinstance(record, Trace):
         return Text("\n\n").join(segment_text(i, s) for i, s in enumerate(record.segments))
+    if isinstance(record, Reflection):
+        return highlight(record.text, verdict_right=record.agrees)
     for name in ("response", "text", "completion"):
         value = getattr(record, name, None)
         if isinstance(value, str):
-            return highlight(value)
+            return highlight(value, check=answer_check(problem))
     return Text("")
 
 
@@ -104,5 +138,5 @@ def record_detail(record: Record, problem: Problem | None = None) -> Text:
     parts = [record_header(record)]
     if problem is not None:
         parts.append(Text.assemble(("question ", "dim"), (problem.question, "italic")))
-    parts.append(record_body(record))
+    parts.append(record_body(record, problem))
     return Text("\n\n").join(parts)
