@@ -491,19 +491,48 @@ async def test_compare_screen_table_and_no_evaluation_yet():
         table = screen.query_one("#compare", DataTable)
         got = rows(table)
         assert [r[0] for r in got] == ["base", "sft", "sft_grpo", "rl_only"]
-        assert [str(c.label) for c in table.columns.values()][1] == "countdown-3 (n=200)"
-        assert got[1][2].startswith("0.180 [0.140, 0.220]")
+        # 50 questions x 4 samples each, not "n=200"
+        assert [str(c.label) for c in table.columns.values()][1] == "countdown-3 (50q x 4)"
+        assert got[1][2].startswith("18.0 [14.0,22.0]")
         await pilot.press("p")
-        assert rows(table)[1][2].startswith("0.324") and "[" not in rows(table)[1][2]
+        assert rows(table)[1][2].startswith("32.4") and "[" not in rows(table)[1][2]
         await pilot.press("p", "p", "p")  # answers, reflections per response, verdict F1
         assert rows(table)[1][1] == "C 0.60 / I 0.50" and rows(table)[0][1] == "C - / I -"
         await pilot.press("p")  # budget forcing: only the countdown tasks have it
-        assert rows(table)[3][1:] == ["0.060", "0.060", "-"]
+        assert rows(table)[3][1:] == ["+6.0", "+6.0", "-"]
         app.open_run(RunDir(RUNS / "mid-grpo"), "compare")
         await settle(pilot)
         empty = app.screen
         assert "no evaluation yet" in plain(empty.query_one("#compare-note", Static))
         assert not empty.query_one("#compare", DataTable).display
+
+
+@pytest.mark.anyio
+async def test_compare_fits_six_tasks_in_160_columns_and_marks_no_best_in_a_full_tie(tmp_path):
+    run = RunDir(shutil.copytree(RUNS / "finished", tmp_path / "finished"))
+    path = run.eval_dir / "summary.json"
+    summary = json.loads(path.read_text())
+    first = next(iter(summary.values()))
+    tasks = [f"countdown-{k}" for k in (3, 4, 5, 6)] + ["multiplication", "acronym"]
+    for per in summary.values():  # every arm: six tasks, nobody solves countdown-6
+        for task in tasks:
+            cell = dict(per.get(task) or first["countdown-3"])
+            if task == "countdown-6":
+                cell.update(accuracy=0.0, ci_low=0.0, ci_high=0.0)
+            per[task] = cell
+    path.write_text(json.dumps(summary))
+    app = make_app(run.path)
+    async with app.run_test(size=(160, 45)) as pilot:
+        await settle(pilot)
+        app.open_run(run, "compare")
+        await settle(pilot)
+        table = app.screen.query_one("#compare", DataTable)
+        assert len(table.columns) == 7
+        assert table.virtual_size.width <= table.size.width  # nothing off-screen
+        assert table.fixed_columns == 1  # and the arm column never scrolls away
+        six = [str(c.label) for c in table.columns.values()].index("countdown-6 (50q x 4)")
+        styles = [cells[six].style for cells in (table.get_row_at(i) for i in range(4))]
+        assert all("green" not in str(style) for style in styles)  # a tie at 0 is not "best"
 
 
 @pytest.mark.anyio

@@ -15,7 +15,7 @@ from tui.base import RunScreen
 from tui.load import read_summary, summary_tasks
 
 Summary = dict[str, dict[str, dict[str, Any]]]
-BAR = 8
+BAR = 3  # cells of the bar behind a fraction: six task columns fit 160 columns
 
 
 class Measure(NamedTuple):
@@ -26,12 +26,12 @@ class Measure(NamedTuple):
 
 
 MEASURES = (
-    Measure("accuracy", "accuracy (95% interval)", fraction=True),
-    Measure("pass_at_k", "pass@k", fraction=True),
+    Measure("accuracy", "accuracy % [95% interval]", fraction=True),
+    Measure("pass_at_k", "pass@k %", fraction=True),
     Measure("answers_per_response", "answers per response"),
     Measure("reflections_per_response", "reflections per response"),
     Measure("verdict_f1", "verdict F1 (correct / incorrect)"),
-    Measure("budget_gain", "budget-forcing gain (forced - unforced accuracy)"),
+    Measure("budget_gain", "budget-forcing gain (forced - unforced accuracy, points)"),
     Measure("mean_tokens", "mean tokens per response", higher_better=False),
 )
 
@@ -56,7 +56,8 @@ def sort_value(entry: dict[str, Any] | None, m: Measure) -> float | None:
 
 
 def cell(entry: dict[str, Any] | None, m: Measure, best: bool) -> Text:
-    """'0.420 [0.380, 0.460] ███▍', '1.25', 'C 0.81 / I 0.62', ...; '-' when missing."""
+    """'42.0 [38.0,46.0] █▍' (fractions in %), '1.25', 'C 0.81 / I 0.62', ...; '-' when
+    missing."""
     value = (entry or {}).get(m.key)
     style = "bold green" if best else "bold"
     if isinstance(value, dict):
@@ -67,13 +68,34 @@ def cell(entry: dict[str, Any] | None, m: Measure, best: bool) -> Text:
         return Text(" / ".join(parts), style)
     if not _num(value):
         return Text("-", "dim")
-    out = Text(f"{value:.3f}" if m.fraction or abs(value) < 10 else f"{value:.0f}", style)
+    if m.fraction:
+        out = Text(f"{100 * value:.1f}", style)
+    elif m.key == "budget_gain":  # a difference of accuracies: in points
+        out = Text(f"{100 * value:+.1f}", style)
+    else:
+        out = Text(f"{value:.2f}" if abs(value) < 10 else f"{value:.0f}", style)
     low, high = (entry or {}).get("ci_low"), (entry or {}).get("ci_high")
     if m.key == "accuracy" and _num(low) and _num(high):
-        out.append(f" [{low:.3f}, {high:.3f}]", "dim")
+        out.append(f" [{100 * low:.1f},{100 * high:.1f}]", "dim")
     if m.fraction:
         out.append(f" {bar(value):<{BAR}}", "green" if best else "cyan")
     return out
+
+
+def size_label(summary: Summary, task: str) -> str:
+    """' (50q x 4)': questions x samples per question, when every arm has the same."""
+    sizes = {
+        (e.get("n_questions"), e.get("n"))
+        for per in summary.values()
+        if (e := per.get(task)) is not None
+    }
+    if len(sizes) != 1:
+        return ""
+    questions, n = sizes.pop()
+    if not _num(questions) or not _num(n) or not questions:
+        return f" (n={n})" if _num(n) else ""
+    per = n / questions
+    return f" ({questions}q x {per:g})"
 
 
 class CompareScreen(RunScreen):
@@ -93,7 +115,8 @@ class CompareScreen(RunScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="compare-note")
-        yield DataTable(id="compare", cursor_type="row", zebra_stripes=True)
+        # the arm column stays in view when the table scrolls sideways
+        yield DataTable(id="compare", cursor_type="row", zebra_stripes=True, fixed_columns=1)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -127,20 +150,21 @@ class CompareScreen(RunScreen):
             Text.assemble(
                 ("arms x tasks: ", "dim"),
                 (m.label, "bold"),
-                ("; best per task in green; p: next measure", "dim"),
+                (" · green: best (none in a full tie) · 50q x 4: questions x samples", "dim"),
+                (" · p: next measure", "dim"),
             )
         )
         tasks = summary_tasks(self.summary)
         table.add_column("arm", key="arm")
         for task in tasks:
-            ns = {e.get("n") for per in self.summary.values() if (e := per.get(task))}
-            n = f" (n={ns.pop()})" if len(ns) == 1 else ""
-            table.add_column(f"{task}{n}", key=task)
+            table.add_column(f"{task}{size_label(self.summary, task)}", key=task)
         best = {}
         for task in tasks:
             values = [sort_value(per.get(task), m) for per in self.summary.values()]
             values = [v for v in values if v is not None]
-            best[task] = (max if m.higher_better else min)(values) if values else None
+            # a tie of every arm (all 0 on a task nobody solves) has no best
+            distinct = len(set(values)) > 1
+            best[task] = (max if m.higher_better else min)(values) if distinct else None
         for arm, per in self.summary.items():
             cells = []
             for task in tasks:
