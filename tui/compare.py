@@ -150,7 +150,7 @@ class CompareScreen(RunScreen):
             Text.assemble(
                 ("arms x tasks: ", "dim"),
                 (m.label, "bold"),
-                (" · green: best (none in a full tie) · 50q x 4: questions x samples", "dim"),
+                (" · green: best · 50q x 4: questions x samples each", "dim"),
                 (" · p: next measure", "dim"),
             )
         )
