@@ -579,6 +579,23 @@ print("ok")
     assert out.stdout.strip().endswith("ok")
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [(80, 24), (100, 30)])
+async def test_narrow_terminals_keep_the_running_stage_its_eta_column_and_help_in_view(size):
+    app = make_app(RUNS / "mid-grpo")
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        table = screen.query_one("#stages", DataTable)
+        running = [r[0] for r in rows(table)].index("grpo/rl_only")
+        assert table.cursor_row == running  # the cursor follows the stage status.json names
+        top = int(table.scroll_y)
+        assert top <= running < top + table.size.height - 1
+        assert table.virtual_size.width <= table.size.width  # time and ETA columns in view
+        lines = screen_text(app.export_screenshot())
+        assert "? Help" in lines[-1] and "q Quit" in lines[-1]
+
+
 # --- snapshots (regenerate: pytest tests/test_tui.py --snapshot-update) ---------------------------
 
 
@@ -588,9 +605,11 @@ def in_fixtures(monkeypatch):
     monkeypatch.chdir(RUNS.parent)
 
 
-SNAPSHOTS = {  # screen: (path, keys pressed after the first load)
+SNAPSHOTS = {  # screen: (path, keys pressed after the first load[, terminal size])
     "runs": ("runs", ()),
     "live": ("runs/mid-grpo", ()),
+    "live-160x45": ("runs/mid-grpo", (), (160, 45)),
+    "live-80x24": ("runs/mid-grpo", (), (80, 24)),
     "traces": ("runs/finished", ("t", "3")),
     "groups": ("runs/finished", ("g", "z")),
     "compare": ("runs/finished", ("c",)),
@@ -614,7 +633,7 @@ def screen_text(svg: str) -> list[str]:
 
 @pytest.mark.parametrize("screen", list(SNAPSHOTS))
 def test_snapshot(snap_compare, in_fixtures, screen):
-    path, keys = SNAPSHOTS[screen]
+    path, keys, *size = SNAPSHOTS[screen]
     seen: list[str] = []
 
     async def before(pilot):
@@ -626,7 +645,7 @@ def test_snapshot(snap_compare, in_fixtures, screen):
 
     # no timed re-poll during the screenshot: what it shows must not depend on the machine's speed
     app = make_app(path, poll_scale=1000.0)
-    if not snap_compare(app, terminal_size=SIZE, run_before=before):
+    if not snap_compare(app, terminal_size=size[0] if size else SIZE, run_before=before):
         stored = (
             Path(__file__).parent / "__snapshots__" / "test_tui" / f"test_snapshot[{screen}].svg"
         )

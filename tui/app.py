@@ -40,6 +40,7 @@ LIST_KEYS = [
         key_display="arrows, pgup/pgdn",
     ),
     Binding("tab,shift+tab", "focus", "next / previous widget", key_display="tab, shift+tab"),
+    Binding("ctrl+p", "command_palette", "command palette (themes, screenshots)", key_display="^p"),
     Binding("enter", "select", "open the run / choose", key_display="enter"),
 ]
 
@@ -49,6 +50,9 @@ class SfMlxApp(App):
 
     CSS_PATH = "app.tcss"
     TITLE = "sf-mlx"
+    # screen classes by terminal size: app.tcss lays screens out again below 120 x 36
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
     BINDINGS = [
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),

@@ -73,7 +73,7 @@ class BrowserScreen(RunScreen):
                 yield OptionList(id="segments")
                 with VerticalScroll(id="detail-scroll"):
                     yield Static(id="detail-text")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # ^p: in the help
 
     def on_mount(self) -> None:
         self.query_one("#segments", OptionList).display = False

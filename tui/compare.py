@@ -117,7 +117,7 @@ class CompareScreen(RunScreen):
         yield Static(id="compare-note")
         # the arm column stays in view when the table scrolls sideways
         yield DataTable(id="compare", cursor_type="row", zebra_stripes=True, fixed_columns=1)
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # ^p: in the help
 
     def on_mount(self) -> None:
         self.start_polling()

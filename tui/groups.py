@@ -71,7 +71,7 @@ class GroupScreen(RunScreen):
             yield table
             with VerticalScroll(id="completions"):
                 yield Static(id="completion-text")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # ^p: in the help
 
     def on_mount(self) -> None:
         self.start_polling()

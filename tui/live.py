@@ -27,15 +27,17 @@ ARM_METRICS = (
 )
 
 
-def progress_text(stage: StageView) -> Text:
-    """'██████░░░░░░ 12/40' (or '-' without progress events)."""
+def progress_text(stage: StageView, bar: int = BAR) -> Text:
+    """'██████░░░░ 12/40' with a `bar`-cell bar (or '-' without progress events)."""
     if stage.done is None or not stage.total:
         return Text("-", "dim")
+    if bar == 0:
+        return Text(f"{stage.done}/{stage.total}", "green" if stage.state == "done" else "cyan")
     frac = max(0.0, min(1.0, stage.done / stage.total))
-    full = round(frac * BAR)
+    full = round(frac * bar)
     style = "green" if stage.state == "done" else "cyan"
     return Text.assemble(
-        ("█" * full, style), ("░" * (BAR - full), "dim"), f" {stage.done}/{stage.total}"
+        ("█" * full, style), ("░" * (bar - full), "dim"), f" {stage.done}/{stage.total}"
     )
 
 
@@ -94,9 +96,14 @@ class LiveScreen(RunScreen):
             "Prev plots",
             key_display="[",
             tooltip="previous stage's plots",
+            show=False,  # in the help screen; the footer keeps room for ? Help and q Quit
         ),
         Binding(
-            "o", "groups", "Latest step", tooltip="groups of the latest step of the arm plotted"
+            "o",
+            "groups",
+            "Latest step",
+            tooltip="groups of the latest step of the arm plotted",
+            show=False,
         ),
     ]
 
@@ -105,6 +112,7 @@ class LiveScreen(RunScreen):
         self.snapshot: Snapshot | None = None
         self._log_seen = 0
         self._panels: dict[str, PlotPanel] = {}
+        self._stage_row: int | None = None  # the stage row the table was last moved to
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -118,7 +126,7 @@ class LiveScreen(RunScreen):
             with TabbedContent(id="plots"):
                 yield TabPane("plots", Static("no metric rows yet", id="no-plots"), id="plots-none")
         yield RichLog(id="log", max_lines=2000, wrap=False, markup=False)
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # ^p: in the help
 
     def on_mount(self) -> None:
         self.query_one("#log", RichLog).border_title = "events"
@@ -140,20 +148,30 @@ class LiveScreen(RunScreen):
         self._update_log(snap)
 
     def _update_stages(self, snap: Snapshot) -> None:
+        """The stage table; below 120 columns its bars shrink so time and ETA stay in view,
+        and its cursor follows the stage that runs until the user moves it."""
         table = self.query_one("#stages", DataTable)
         row = table.cursor_row
+        following = self._stage_row in (None, row)
+        width = self.app.size.width
+        bar = BAR if width >= 120 else 3 if width >= 100 else 0
         table.clear()
         for st in snap.stages:
             eta = fmt_seconds(st.eta) if st.eta is not None else ""
             table.add_row(
                 st.name,
                 state_text(st.state),
-                progress_text(st),
+                progress_text(st, bar),
                 fmt_seconds(st.seconds),
                 eta,
                 key=st.name,
             )
+        current = (snap.status or {}).get("stage")
+        names = [st.name for st in snap.stages]
+        if following and current in names:
+            row = names.index(current)
         table.move_cursor(row=row)
+        self._stage_row = row if following else -1  # -1: the user chose a row; keep it
 
     def _update_plots(self, snap: Snapshot) -> None:
         tabs = self.query_one("#plots", TabbedContent)

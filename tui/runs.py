@@ -67,7 +67,7 @@ class RunsScreen(WorkerScreen):
         for name in COLUMNS:
             table.add_column(name, key=name)
         yield table
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # ^p: in the help
 
     def on_mount(self) -> None:
         self.sub_title = "runs"
