@@ -110,7 +110,8 @@ async def test_runs_screen_lists_every_run():
         assert set(by_name) == {"finished", "mid-grpo"}
         run, recipe, stage, state, step, elapsed, numbers = by_name["finished"]
         assert (recipe, stage, state) == ("countdown-tiny", "report", "done")
-        assert "reward" in numbers and "accuracy" in numbers
+        # the evaluation's headline (accuracy %) once evaluate is done
+        assert numbers == "countdown-4: sft_grpo 29.0 · rl_only 40.0 · base 7.0"
         # mid-grpo's status says running, but its pid does not exist: shown as stopped
         assert by_name["mid-grpo"][2:5] == ["grpo/rl_only", "stopped", "2"]
         await pilot.press("down", "enter")
@@ -505,6 +506,24 @@ async def test_compare_screen_table_and_no_evaluation_yet():
         empty = app.screen
         assert "no evaluation yet" in plain(empty.query_one("#compare-note", Static))
         assert not empty.query_one("#compare", DataTable).display
+
+
+@pytest.mark.anyio
+async def test_compare_shows_the_cells_written_while_evaluate_runs(tmp_path):
+    run = RunDir(shutil.copytree(RUNS / "finished", tmp_path / "finished"))
+    (run.eval_dir / "summary.json").unlink()  # evaluate has not finished
+    app = make_app(run.path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.open_run(run, "compare")
+        await settle(pilot)
+        screen = app.screen
+        assert plain(screen.query_one("#compare-note", Static)).startswith("PARTIAL")
+        table = screen.query_one("#compare", DataTable)
+        got = rows(table)  # the fixture's generations on file: countdown-4 of two arms
+        assert [r[0] for r in got] == ["rl_only", "sft_grpo"]
+        assert [str(c.label) for c in table.columns.values()][1].startswith("countdown-4 (")
+        assert all(r[1] not in ("-", "") for r in got)
 
 
 @pytest.mark.anyio

@@ -147,3 +147,31 @@ def test_a_verdict_is_coloured_by_whether_it_is_right_not_by_what_it_says():
     one = "Recompute: 9. <verdict>Incorrect</verdict>"
     assert styles(highlight(one, verdict_right=True)) == [VERDICT_STYLES[True]]
     assert answer_check(None) is None
+
+
+def test_run_eta_sums_what_it_can_estimate_and_names_the_rest():
+    view = watch.StageView
+    stages = [
+        view("sample", "done", 100.0),
+        view("sft", "done", 50.0),
+        view("grpo/sft_grpo", "done", 120.0),
+        view("grpo/rl_only", "running", 30.0, 5, 20, eta=90.0),
+        view("grpo/star_grpo", "pending"),  # as long as the arm already done
+        view("evaluate", "pending"),  # no estimate before it starts
+        view("report", "pending"),  # seconds: counted as 0
+    ]
+    assert watch.run_eta(stages) == (90.0 + 120.0, ["evaluate"])
+    assert watch.run_eta([view("report", "done", 1.0)]) == (None, [])
+
+
+def test_the_headline_is_the_mean_of_countdown_4_to_6_per_arm():
+    from tui.load import headline
+
+    cell = {"accuracy": 0.1}
+    summary = {
+        "base": {"countdown-4": {"accuracy": 0.03}, "countdown-5": cell, "countdown-6": cell},
+        "rl_only": {"countdown-4": {"accuracy": 0.2}, "countdown-5": cell, "countdown-6": cell},
+        "sft": {"countdown-4": cell, "countdown-5": cell, "countdown-6": cell},
+    }
+    assert headline(summary) == "mean CD 4-6: rl_only 13.3 · base 7.7"
+    assert headline({"base": {"acronym": {"accuracy": 0.5}}}) == "acronym: base 50.0"

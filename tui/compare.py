@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from sf_mlx.rundir import RunDir
 from tui.base import RunScreen
-from tui.load import read_summary, summary_tasks
+from tui.load import partial_summary, read_summary, summary_tasks
 
 Summary = dict[str, dict[str, dict[str, Any]]]
 BAR = 3  # cells of the bar behind a fraction: six task columns fit 160 columns
@@ -110,6 +110,7 @@ class CompareScreen(RunScreen):
     def __init__(self, run: RunDir) -> None:
         super().__init__(run)
         self.summary: Summary | None = None
+        self.partial = False  # the summary holds only the cells written so far
         self.measure = MEASURES[0]
 
     def compose(self) -> ComposeResult:
@@ -122,12 +123,21 @@ class CompareScreen(RunScreen):
     def on_mount(self) -> None:
         self.start_polling()
 
-    def fetch(self) -> Summary | None:
-        return read_summary(self.run)
+    def fetch(self) -> tuple[Summary | None, bool]:
+        """(summary, partial): eval/summary.json, else the cells `evaluate` has written so far."""
+        summary = read_summary(self.run)
+        if summary is not None:
+            return summary, False
+        return partial_summary(self.run), True
 
-    def apply(self, summary: Summary | None) -> None:
-        if summary != self.summary or not self.query_one(DataTable).columns:
-            self.summary = summary
+    def apply(self, result: tuple[Summary | None, bool]) -> None:
+        summary, partial = result
+        if (
+            summary != self.summary
+            or partial != self.partial
+            or not self.query_one(DataTable).columns
+        ):
+            self.summary, self.partial = summary, partial
             self.render_table()
 
     def measures(self) -> list[Measure]:
@@ -146,8 +156,13 @@ class CompareScreen(RunScreen):
             )
             return
         m = self.measure
+        if self.partial:
+            m = self.measure = MEASURES[0]
         note.update(
             Text.assemble(
+                ("PARTIAL: evaluate is running; cells appear as they finish · ", "bold yellow")
+                if self.partial
+                else "",
                 ("arms x tasks: ", "dim"),
                 (m.label, "bold"),
                 (" · green: best · 50q x 4: questions x samples each", "dim"),

@@ -54,6 +54,12 @@ def status_line(snap: Snapshot) -> Text:
         out.append(f" · pid {s['pid']}" + ("" if snap.alive else " (gone)"), "dim")
     if isinstance(s.get("updated"), (int, float)):
         out.append(f" · updated {fmt_seconds(snap.now - s['updated'])} ago", "dim")
+    if snap.run_eta is not None:
+        out.append(f" · run ETA {fmt_seconds(snap.run_eta)}", "bold")
+        if snap.unestimated:
+            out.append(f" + {', '.join(snap.unestimated)} (not yet estimable)", "dim")
+    if snap.headline:
+        out.append(f"\nresult: {snap.headline} (accuracy %; c: the full table)", "bold green")
     if snap.recipe.description:
         out.append(f"\n{snap.recipe.name}: {snap.recipe.description}", "italic dim")
     return out

@@ -382,3 +382,41 @@ def summary_tasks(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     for per_task in summary.values():
         tasks.extend(t for t in per_task if t not in tasks)
     return tasks
+
+
+def partial_summary(run: RunDir) -> dict[str, dict[str, dict[str, Any]]] | None:
+    """While `evaluate` runs: {arm: {task: {n, n_questions, accuracy}}} of the cells whose
+    generations are written (standard decoding only), or None when none is."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in eval_files(run):
+        rows = [r for r in _read(path, EvalResult, []) if not getattr(r, "budget", 0)]
+        if rows:
+            out.setdefault(path.parent.name, {})[path.stem] = {
+                "n": len(rows),
+                "n_questions": len({r.problem_id for r in rows}),
+                "accuracy": sum(r.correct for r in rows) / len(rows),
+            }
+    return out or None
+
+
+HARD_CELLS = ("countdown-4", "countdown-5", "countdown-6")
+HEADLINE_ARMS = ("sft_grpo", "rl_only", "star_grpo", "base")
+
+
+def headline(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """'mean CD 4-6: sft_grpo 4.4 · rl_only 2.8 · base 1.0' (accuracy %, the paper's headline
+    cells), or the first task's accuracy per arm when the run has no 4-6 cells."""
+    arms = [a for a in HEADLINE_ARMS if a in summary] or list(summary)
+    cells = [c for c in HARD_CELLS if all(c in summary[a] for a in arms)]
+    label = "mean CD 4-6" if len(cells) == 3 else " + ".join(cells)
+    if not cells:
+        tasks = summary_tasks(summary)
+        if not tasks:
+            return ""
+        cells, label = tasks[:1], tasks[0]
+    parts = []
+    for arm in arms:
+        values = [summary[arm][c].get("accuracy") for c in cells]
+        if all(isinstance(v, (int, float)) for v in values):
+            parts.append(f"{arm} {100 * sum(values) / len(values):.1f}")
+    return f"{label}: " + " · ".join(parts) if parts else ""

@@ -29,7 +29,10 @@ def state_text(state: str) -> Text:
 
 
 def key_numbers(snap: Snapshot) -> str:
-    """The latest headline numbers: GRPO reward/accuracy of the last arm logged, else SFT loss."""
+    """The headline numbers: the evaluation's once it is done, else GRPO reward/accuracy of the
+    last arm logged, else the SFT loss."""
+    if snap.headline:
+        return snap.headline
     grpo = [s for s in snap.series if s.startswith("grpo/")]  # in the order they started
     if grpo:
         current = (snap.status or {}).get("stage")

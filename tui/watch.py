@@ -78,6 +78,9 @@ class Snapshot:
     hints: tuple[str, ...]
     errors: tuple[str, ...] = ()
     now: float = 0.0
+    headline: str = ""  # the evaluation's headline numbers once `evaluate` is done
+    run_eta: float | None = None  # seconds left in the whole run (see `run_eta`)
+    unestimated: tuple[str, ...] = ()  # stages still to run whose time has no estimate yet
 
     @property
     def state(self) -> str:
@@ -223,6 +226,35 @@ def health_hints(
     return hints
 
 
+QUICK_STAGES = ("problems", "base", "rearrange", "report")  # seconds each
+
+
+def run_eta(stages: list[StageView]) -> tuple[float | None, list[str]]:
+    """(seconds left in the whole run, stages left out of that sum for lack of an estimate).
+
+    The running stage counts with its own ETA; a GRPO arm still to run counts with the mean
+    time of the arms already done (every arm runs the same steps); any other stage still to run
+    has no estimate until it starts, except the few-second ones (QUICK_STAGES), counted as 0.
+    None when nothing is left."""
+    arms_done = [s.seconds for s in stages if s.name.startswith("grpo/") and s.state == "done"]
+    arm_time = sum(t for t in arms_done if t) / len(arms_done) if arms_done else None
+    total, unknown, left = 0.0, [], False
+    for s in stages:
+        if s.state == "running":
+            left = True
+            if s.eta is None:
+                unknown.append(s.name)
+            else:
+                total += s.eta
+        elif s.state in ("pending", "stopped"):
+            left = True
+            if s.name.startswith("grpo/") and arm_time is not None:
+                total += arm_time
+            elif s.name not in QUICK_STAGES:
+                unknown.append(s.name)
+    return (total if left else None), unknown
+
+
 @dataclass
 class _StageAcc:
     started: float | None = None
@@ -242,6 +274,7 @@ class RunWatch:
         self._tail = JsonlTail(run.events)
         self._recipe: RecipeInfo | None = None
         self._recipe_mtime: float | None = None
+        self._headline = ("", None)  # (text, summary.json mtime)
         self._clear()
 
     def _clear(self) -> None:
@@ -333,6 +366,7 @@ class RunWatch:
             acc = self._stages.get(name, _StageAcc())
             stages.append(self._stage_view(name, acc, name in done, current, status, alive, now))
         series = {s: {k: tuple(v) for k, v in m.items()} for s, m in self._series.items()}
+        eta, unestimated = run_eta(stages) if alive else (None, [])
         return Snapshot(
             name=self.run.name,
             path=self.run.path,
@@ -348,7 +382,23 @@ class RunWatch:
             hints=tuple(health_hints(series, status, alive, now)),
             errors=tuple(errors),
             now=now,
+            headline=self._read_headline(errors) if "evaluate" in done else "",
+            run_eta=eta,
+            unestimated=tuple(unestimated),
         )
+
+    def _read_headline(self, errors: list[str]) -> str:
+        from tui.load import headline, read_summary
+
+        path = self.run.eval_dir / "summary.json"
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime != self._headline[1]:
+                summary = read_summary(self.run)
+                self._headline = (headline(summary) if summary else "", mtime)
+        except (OSError, ValueError) as e:
+            errors.append(str(e))
+        return self._headline[0]
 
     @staticmethod
     def _stage_view(
