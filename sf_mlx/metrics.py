@@ -128,3 +128,13 @@ def is_metric(name: str) -> bool:
 def stage_metrics(stage: str) -> list[Metric]:
     """Declared metrics of one namespace ("sft", "grpo", "base", "eval"), in table order."""
     return [m for m in METRICS if m.name.split("/", 1)[0] == stage]
+
+
+def smooth(ys: list[float], weight: float) -> list[float]:
+    """Exponential moving average (TensorBoard's smoothing), debiased so the first point is kept:
+    `weight` 0 returns the series unchanged."""
+    out, avg = [], 0.0
+    for i, y in enumerate(ys, start=1):
+        avg = weight * avg + (1 - weight) * y
+        out.append(avg / (1 - weight**i) if weight > 0 else y)
+    return out

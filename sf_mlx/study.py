@@ -19,6 +19,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from sf_mlx.metrics import smooth
 from sf_mlx.records import EvalResult
 from sf_mlx.rundir import RunDir, read_jsonl
 from sf_mlx.stages.report import ARM_LABELS, _metric_series
@@ -163,16 +164,6 @@ CURVE_KEYS = (
     "grpo/mean_length",
     "grpo/reflections_per_response",
 )
-
-
-def smooth(ys: list[float], weight: float) -> list[float]:
-    """Exponential moving average (TensorBoard's smoothing), debiased so the first point is kept:
-    `weight` 0 returns the series unchanged."""
-    out, avg = [], 0.0
-    for i, y in enumerate(ys, start=1):
-        avg = weight * avg + (1 - weight) * y
-        out.append(avg / (1 - weight**i) if weight > 0 else y)
-    return out
 
 
 def grpo_curves(run_paths: list[Path], key: str, weight: float = 0.6) -> dict[str, dict]:

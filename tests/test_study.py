@@ -116,7 +116,7 @@ def test_a_study_runs_the_recipe_once_per_seed_then_compares(tmp_path, monkeypat
 
 
 def test_smoothing_keeps_the_first_point_and_a_flat_series_flat():
-    from sf_mlx.study import smooth
+    from sf_mlx.metrics import smooth
 
     assert smooth([1.0, 0.0, 1.0], 0.0) == [1.0, 0.0, 1.0]
     assert smooth([0.4] * 5, 0.9) == pytest.approx([0.4] * 5)

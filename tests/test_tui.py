@@ -235,6 +235,32 @@ async def test_live_screen_shows_stages_plots_log_and_hints():
 
 
 @pytest.mark.anyio
+async def test_a_chart_opens_full_screen_with_a_step_cursor_and_smoothing():
+    from tui.fullchart import ChartScreen
+
+    app = make_app(RUNS / "mid-grpo")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        live = app.screen
+        await pilot.press("s")  # every chart drawn smoothed; titles keep the raw values
+        titles = [plain(t) for t in live._panels["grpo/rl_only"].query(".metric-title")]
+        assert titles[0].startswith("reward") and "0.5625" in titles[0] and "~0.6" in titles[0]
+        await pilot.press("f")  # no chart focused: the first of the tab shown (rl_only reward)
+        await settle(pilot)
+        chart = app.screen
+        assert isinstance(chart, ChartScreen) and chart.metric_name == "grpo/reward"
+        values = plain(chart.query_one("#chart-values", Static))
+        assert "smoothed 0.6" in values and "step 2" in values and "0.5625" in values
+        await pilot.press("left")
+        values = plain(chart.query_one("#chart-values", Static))
+        assert "step 1" in values and "0.4375" in values  # the raw value at that step
+        await pilot.press("s", "s")  # 0.6 -> 0.9 -> off
+        assert "smoothed" not in plain(chart.query_one("#chart-values", Static))
+        await pilot.press("escape")
+        assert app.screen is live
+
+
+@pytest.mark.anyio
 async def test_live_screen_follows_appended_rows(tmp_path):
     run = RunDir(shutil.copytree(RUNS / "mid-grpo", tmp_path / "mid-grpo"))
     status = json.loads(run.status.read_text())

@@ -52,3 +52,16 @@ def test_no_points_and_bad_values_are_shown_not_raised():
     rows = _rows(render_chart([("a", [(1, float("nan")), (2, 0.5), (3, float("inf"))])], 30, 5))
     assert "step 2" in rows[-1]
     assert x_labels(1, 20, 4) == "1 20"  # too narrow for the word: only the ends
+
+
+def test_values_at_a_step_and_the_cursor_column():
+    from tui.chart import smoothed, steps_of, values_at
+
+    series = [("a", [(1, 0.1), (2, 0.2), (4, 0.4)]), ("b", [(3, 3.0)])]
+    assert steps_of(series) == [1, 2, 3, 4]
+    assert values_at(series, 3) == [("a", 0.2), ("b", 3.0)]  # a's last value at or before 3
+    assert values_at(series, 1) == [("a", 0.1), ("b", None)]  # b has not started
+    text = render_chart(series, 30, 6, cursor=4)
+    marked = {span.start for span in text.spans if "on grey30" in str(span.style)}
+    assert len(marked) == 4  # one cell per plot row, in the last column
+    assert smoothed([("a", [(1, 0.0), (2, 1.0)])], 0.0) == [("a", [(1, 0.0), (2, 1.0)])]

@@ -55,9 +55,11 @@ def render_chart(
     height: int,
     fmt: Callable[[float], str] = lambda v: f"{v:.3g}",
     colors: Sequence[str] = PALETTE,
+    cursor: int | None = None,
 ) -> Text:
     """The chart of `series` [(name, points)] in `width` x `height` cells: `height - 2` rows of
-    plot with y ticks at the top, middle and bottom, then the x axis and its step labels."""
+    plot with y ticks at the top, middle and bottom, then the x axis and its step labels;
+    `cursor`: a step whose column is highlighted (see `values_at`)."""
     lines = [(name, _clean(points)) for name, points in series]
     lines = [(name, pts) for name, pts in lines if pts]
     if not lines:
@@ -85,6 +87,7 @@ def render_chart(
             r, c = dy // 4, dx // 2
             cells[r][c] |= _BITS[dx % 2][dy % 4]
             owner[r][c] = i
+    cursor_col = dot(cursor, lo)[0] // 2 if cursor is not None else None
     mid = rows // 2 if rows > 2 else None
     out = Text(no_wrap=True, overflow="crop")
     for r in range(rows):
@@ -94,10 +97,40 @@ def render_chart(
         out.append("┤" if tick else "│", "dim")
         for c in range(cols):
             i = owner[r][c]
-            out.append(chr(0x2800 + cells[r][c]), colors[i % len(colors)] if i is not None else "")
+            style = colors[i % len(colors)] if i is not None else ""
+            if c == cursor_col:
+                style = f"{style} on grey30".strip()
+            out.append(chr(0x2800 + cells[r][c]), style)
         out.append("\n")
     out.append(" " * label_w + "└" + "─" * cols + "\n", "dim")
     out.append(" " * (label_w + 1) + x_labels(x_lo, x_hi, cols), "dim")
+    return out
+
+
+def values_at(series: Sequence[tuple[str, Points]], step: int) -> list[tuple[str, float | None]]:
+    """Each series' value at `step`: its last point at or before that step (None before its
+    first)."""
+    out = []
+    for name, points in series:
+        before = [y for x, y in _clean(points) if x <= step]
+        out.append((name, before[-1] if before else None))
+    return out
+
+
+def steps_of(series: Sequence[tuple[str, Points]]) -> list[int]:
+    """Every step some series logged, sorted."""
+    return sorted({x for _, points in series for x, _ in _clean(points)})
+
+
+def smoothed(series: Sequence[tuple[str, Points]], weight: float) -> list[tuple[str, Points]]:
+    """Each series with `metrics.smooth` applied to its values (weight 0: unchanged)."""
+    from sf_mlx.metrics import smooth
+
+    out = []
+    for name, points in series:
+        pts = _clean(points)
+        ys = smooth([y for _, y in pts], weight)
+        out.append((name, [(x, y) for (x, _), y in zip(pts, ys, strict=True)]))
     return out
 
 
@@ -120,10 +153,12 @@ class LineChart(Widget):
         super().__init__(**kwargs)
         self.fmt = fmt
         self.series: list[tuple[str, Points]] = []
+        self.cursor: int | None = None
 
-    def set_series(self, series: Sequence[tuple[str, Points]]) -> None:
-        self.series = list(series)
+    def set_series(self, series: Sequence[tuple[str, Points]], cursor: int | None = None) -> None:
+        self.series, self.cursor = list(series), cursor
         self.refresh()
 
     def render(self) -> Text:
-        return render_chart(self.series, self.size.width, self.size.height, self.fmt)
+        w, h = self.size.width, self.size.height
+        return render_chart(self.series, w, h, self.fmt, cursor=self.cursor)

@@ -11,9 +11,10 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, RichLog, Static, TabbedContent, TabPane
 
 from tui.base import RunScreen
+from tui.fullchart import SMOOTHING, ChartScreen
 from tui.runs import state_text
 from tui.watch import Snapshot, StageView, fmt_seconds
-from tui.widgets import ARM_SEP, PlotPanel
+from tui.widgets import ARM_SEP, MetricPlot, PlotPanel
 
 BAR = 10  # progress bar cells
 ARMS_TAB = "arms"  # a tab of the key GRPO metrics of every arm, one above the other
@@ -95,6 +96,7 @@ class LiveScreen(RunScreen):
             "Next plots",
             key_display="]",
             tooltip="next stage's plots",
+            show=False,  # the footer fits 80 columns; every key is in the help (?)
         ),
         Binding(
             "left_square_bracket",
@@ -103,6 +105,12 @@ class LiveScreen(RunScreen):
             key_display="[",
             tooltip="previous stage's plots",
             show=False,  # in the help screen; the footer keeps room for ? Help and q Quit
+        ),
+        Binding(
+            "f", "full_chart", "Full chart", tooltip="the focused (or first) chart full screen"
+        ),
+        Binding(
+            "s", "smooth", "Smooth", tooltip="cycle chart smoothing: off, 0.6, 0.9", show=False
         ),
         Binding(
             "o",
@@ -119,6 +127,7 @@ class LiveScreen(RunScreen):
         self._log_seen = 0
         self._panels: dict[str, PlotPanel] = {}
         self._stage_row: int | None = None  # the stage row the table was last moved to
+        self.smoothing = 0.0  # EMA weight of every chart (`s`)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -185,6 +194,7 @@ class LiveScreen(RunScreen):
             panel = self._panels.get(stage)
             if panel is None:
                 panel = self._panels[stage] = PlotPanel(stage)
+                panel.smoothing = self.smoothing
                 tabs.add_pane(TabPane(stage, panel, id=pane_id(stage)))
                 if len(self._panels) == 1:
                     tabs.remove_pane("plots-none")
@@ -207,6 +217,28 @@ class LiveScreen(RunScreen):
         ids = [pane.id for pane in tabs.query(TabPane) if pane.id]
         if ids and tabs.active in ids:
             tabs.active = ids[(ids.index(tabs.active) + delta) % len(ids)]
+
+    def _active_panel(self) -> PlotPanel | None:
+        tabs = self.query_one("#plots", TabbedContent)
+        return next((p for p in self._panels.values() if pane_id(p.stage) == tabs.active), None)
+
+    def action_full_chart(self) -> None:
+        """The focused chart (tab moves between them), else the first of the tab shown."""
+        focused = self.focused
+        panel = self._active_panel()
+        plot = focused if isinstance(focused, MetricPlot) else None
+        if plot is None and panel is not None and panel.plots():
+            plot = panel.plots()[0]
+        if plot is None:
+            self.notify("no chart yet", timeout=3)
+            return
+        self.app.push_screen(ChartScreen(plot.metric_name, lambda: plot.lines, plot.smoothing))
+
+    def action_smooth(self) -> None:
+        self.smoothing = SMOOTHING[(SMOOTHING.index(self.smoothing) + 1) % len(SMOOTHING)]
+        for panel in self._panels.values():
+            panel.set_smoothing(self.smoothing)
+        self.notify(f"chart smoothing {self.smoothing or 'off'}", timeout=2)
 
     def action_groups(self) -> None:
         """Open the group inspector at the latest step of the arm shown (or logged last)."""

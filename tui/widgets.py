@@ -8,7 +8,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Label
 
 from sf_mlx.metrics import METRICS, is_metric, metric
-from tui.chart import PALETTE, LineChart
+from tui.chart import PALETTE, LineChart, smoothed
 
 # Plotted first, in this order (the rest of a stage's metrics follow in METRICS order).
 KEY_METRICS = (
@@ -82,13 +82,15 @@ def _label_fmt(base: str):
     return (metric(base).label, metric(base).format) if is_metric(base) else (base, str)
 
 
-class MetricPlot(Vertical):
+class MetricPlot(Vertical, can_focus=True):
     """A title line over a line chart with axes: one metric, for one series or for several arms
-    overlaid on one scale (series named 'metric@arm')."""
+    overlaid on one scale (series named 'metric@arm'). Focusable: `f` opens it full screen."""
 
     def __init__(self, name: str, **kwargs) -> None:
         super().__init__(classes="metric-plot", **kwargs)
         self.metric_name = name
+        self.lines: dict[str, tuple[tuple[int, float], ...]] = {}
+        self.smoothing = 0.0
         self._title = Label(metric_title(name, ()), classes="metric-title")
         fmt = _label_fmt(name)[1]
         self._chart = LineChart(fmt=lambda v: _tick(fmt, v))
@@ -97,13 +99,22 @@ class MetricPlot(Vertical):
         yield self._title
         yield self._chart
 
-    def update_lines(self, lines: dict[str, tuple[tuple[int, float], ...]]) -> None:
-        """`lines`: {arm (or '' for a single series): points}."""
+    def update_lines(
+        self, lines: dict[str, tuple[tuple[int, float], ...]], smoothing: float | None = None
+    ) -> None:
+        """`lines`: {arm (or '' for a single series): points}; the title keeps raw values, the
+        chart is drawn with `smoothing` (an EMA weight; None: keep the current one)."""
+        self.lines = lines
+        if smoothing is not None:
+            self.smoothing = smoothing
         if list(lines) == [""]:
-            self._title.update(metric_title(self.metric_name, lines[""]))
+            title = metric_title(self.metric_name, lines[""])
         else:
-            self._title.update(overlay_title(self.metric_name, lines))
-        self._chart.set_series(list(lines.items()))
+            title = overlay_title(self.metric_name, lines)
+        if self.smoothing:
+            title.append(f"  ~{self.smoothing}", "dim")
+        self._title.update(title)
+        self._chart.set_series(smoothed(list(lines.items()), self.smoothing))
 
 
 def _tick(fmt, value: float) -> str:
@@ -121,6 +132,7 @@ class PlotPanel(VerticalScroll):
         self._plots: dict[str, MetricPlot] = {}
         self._waiting: dict[str, tuple[tuple[int, float], ...]] | None = None
         self._ready = False
+        self.smoothing = 0.0  # EMA weight the charts are drawn with
 
     def on_mount(self) -> None:
         self._ready = True
@@ -145,4 +157,13 @@ class PlotPanel(VerticalScroll):
                 after = next((self._plots[n] for n in order[i + 1 :] if n not in new), None)
                 self.mount(self._plots[name], before=after)
         for name, plot in self._plots.items():
-            plot.update_lines(grouped.get(name, {"": ()}))
+            plot.update_lines(grouped.get(name, {"": ()}), self.smoothing)
+
+    def plots(self) -> list[MetricPlot]:
+        """The charts in the order shown."""
+        return [self._plots[n] for n in plot_order(list(self._plots))]
+
+    def set_smoothing(self, weight: float) -> None:
+        self.smoothing = weight
+        for plot in self._plots.values():
+            plot.update_lines(plot.lines, weight)
