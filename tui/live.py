@@ -23,6 +23,7 @@ ARM_METRICS = (
     "grpo/accuracy",
     "grpo/mean_length",
     "grpo/frac_reward_zero_std",
+    "grpo/truncation_rate",
     "grpo/samples_per_response",
     "grpo/reflections_per_response",
 )
