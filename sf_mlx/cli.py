@@ -351,6 +351,34 @@ def stage(
     typer.echo(f"{name} done in {secs:.1f} s; outputs in {run.path}")
 
 
+@app.command("validate")
+def validate_cmd(
+    run_dir: Annotated[Path, typer.Option(help="A run directory whose arm's stage is done.")],
+    arm: Annotated[str, typer.Option(help="base, sft, star, sft_grpo, rl_only or star_grpo.")],
+    pool: Annotated[str, typer.Option(help="Training pool to score on: rl or sft.")] = "rl",
+    n: Annotated[int, typer.Option(help="Problems from that pool.")] = 100,
+) -> None:
+    """Score one arm on problems of a training pool (never the evaluation questions): accuracy,
+    skill use and verdict F1, to choose settings by without tuning on the evaluation."""
+    import json
+
+    from sf_mlx.config import load_recipe
+    from sf_mlx.model import ModelLoadError
+    from sf_mlx.rundir import RunDir
+    from sf_mlx.stages.evaluate import validate
+
+    run = RunDir(run_dir)
+    if not run.recipe.exists():
+        fail(f"{run_dir} has no recipe.yaml")
+    if n < 1:
+        fail(f"--n {n}: expected at least 1 problem")
+    try:
+        summary = validate(run, load_recipe(str(run.recipe)), arm, pool, n)
+    except (ValueError, ModelLoadError, FileNotFoundError) as e:
+        fail(str(e).splitlines()[0])
+    typer.echo(json.dumps({"arm": arm, "pool": pool, **summary}, indent=2))
+
+
 @app.command("export")
 def export(
     run_dir: Annotated[Path, typer.Option(help="A run directory with samples / traces.")],

@@ -164,3 +164,24 @@ def test_out_of_domain_pools_take_task_parameters():
 def test_a_bad_out_of_domain_spec_is_one_config_error():
     with pytest.raises(ValueError, match="task spec 'acronym:size=3'"):
         load_recipe("countdown-tiny", ["problems.ood_tasks=[acronym:size=3]"])
+
+
+def test_validate_scores_an_arm_on_a_training_pool_never_an_eval_pool(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from sf_mlx.cli import app
+    from sf_mlx.records import EvalResult
+    from sf_mlx.stages.evaluate import validate
+
+    run, recipe = _run(tmp_path, tiny_model_dir, "evaluate.max_tokens=24")
+    summary = validate(run, recipe, "base", "rl", n=5)
+    rl = [p.problem_id for p in read_jsonl(run.problems, Problem) if p.split == "rl"]
+    rows = read_jsonl(run.path / "valid" / "base" / "rl.jsonl", EvalResult)
+    assert {r.problem_id for r in rows} == set(rl) and summary["n_questions"] == len(rl)
+    assert summary["n"] == len(rl) * recipe.evaluate.samples_per_question
+    assert summary["accuracy"] == sum(r.correct for r in rows) / len(rows)
+    assert not any(r.budget for r in rows)  # no budget forcing here
+    out = CliRunner().invoke(
+        app, ["validate", "--run-dir", str(run.path), "--arm", "base", "--pool", "countdown-3"]
+    )
+    assert out.exit_code == 2 and "training pools" in out.output

@@ -218,6 +218,31 @@ def run_evaluate(run: RunDir, recipe: Recipe, progress=None) -> dict:
     return {"arms": list(cfg.arms), "tasks": list(pools)}
 
 
+VALIDATION_POOLS = ("sft", "rl")
+
+
+def validate(run: RunDir, recipe: Recipe, arm: str, pool: str = "rl", n: int = 100) -> dict:
+    """One arm on `n` problems of a training pool (`rl` or `sft`, never the held-out evaluation
+    pools), decoded as `evaluate` decodes, without budget forcing: the numbers to choose
+    settings by. Generations go to `valid/<arm>/<pool>.jsonl`; returns the cell's summary."""
+    from sf_mlx import model as model_io
+    from sf_mlx.stages.generation import derive_seed
+
+    if pool not in VALIDATION_POOLS:
+        raise ValueError(
+            f"pool {pool!r}: expected one of {list(VALIDATION_POOLS)} (training pools)"
+        )
+    qs = [p for p in read_jsonl(run.problems, Problem) if p.split == pool][:n]
+    if not qs:
+        raise ValueError(f"{run.problems}: no problems in the {pool} pool; run `problems` first")
+    model, tok = model_io.load(*arm_model(run, recipe, arm))
+    cfg = replace(recipe.evaluate, budget=0)
+    seed = derive_seed(recipe.run.seed, "validate", arm, pool)
+    rows = evaluate_cell(model, tok, arm, pool, qs, cfg, seed)
+    write_jsonl_atomic(run.path / "valid" / arm / f"{pool}.jsonl", rows)
+    return summarize(rows, {p.problem_id: p for p in qs}, recipe.run.seed)
+
+
 def load_summary(run: RunDir) -> dict:
     from sf_mlx.rundir import read_json
 
