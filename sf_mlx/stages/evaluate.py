@@ -4,7 +4,7 @@ Per (arm, task): `samples_per_question` generations per question from the plain 
 graded on the last `<answer>`; accuracy = mean over all generations, with a 95% bootstrap
 interval over questions; pass@k = share of questions with at least one correct generation;
 skill usage (#answers, #samples, #reflections per response, verdict F1 per class against the
-checker's grade of the sample each reflection follows). Budget forcing on Countdown tasks:
+checker's grade of the sample each reflection follows). Budget forcing on every task:
 the standard generations cut at `budget` tokens (a sample of decoding with that limit, paired
 with the standard one); where the model closed `</think>` within them, cut there, append
 `<sample>` and continue up to twice the budget; its gain is forced minus unforced accuracy at
@@ -170,8 +170,8 @@ def force_budget(model, tok, prompts: list[list[int]], first, params, budget: in
 
 
 def evaluate_cell(model, tok, arm: str, task: str, qs: list[Problem], cfg, seed: int):
-    """All generations of one (arm, task) cell: standard, and on Countdown the budget pair (the
-    standard generations cut at the budget, and those forced to go on)."""
+    """All generations of one (arm, task) cell: standard, and with `cfg.budget` the budget pair
+    on every task (the standard generations cut at the budget, and those forced to go on)."""
     from sf_mlx import model as model_io
 
     params = model_io.SamplingParams(cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
@@ -180,7 +180,7 @@ def evaluate_cell(model, tok, arm: str, task: str, qs: list[Problem], cfg, seed:
     ]
     standard = model_io.generate(model, tok, prompts, params, seed)
     rows = _results(arm, task, qs, standard)
-    if cfg.budget and task.startswith("countdown"):
+    if cfg.budget:
         at_budget = [cut_at_budget(tok, g, cfg.budget) for g in standard]
         forced = force_budget(model, tok, prompts, at_budget, params, cfg.budget, seed + 7)
         rows += _results(arm, task, qs, at_budget, cfg.budget, False)
