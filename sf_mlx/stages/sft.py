@@ -206,6 +206,21 @@ class TagRows:
         model.update(self.opt.apply_gradients(tag_grads, self._subset(model.parameters())))
 
 
+def fp32_master(model: nn.Module) -> bool:
+    """Cast a half-precision model to float32 for full fine-tuning; True if it was cast.
+
+    At full-fine-tuning rates (the paper's 1e-6) most updates are below bfloat16's resolution
+    and vanish when added to bfloat16 weights; float32 weights keep them. (On a CPU `model.load`
+    already gives float32.)"""
+    from mlx.utils import tree_flatten
+
+    half = (mx.bfloat16, mx.float16)
+    if not any(v.dtype in half for _, v in tree_flatten(model.parameters())):
+        return False
+    model.set_dtype(mx.float32)
+    return True
+
+
 def evaluate(model: nn.Module, batches: list[tuple]) -> float:
     """Token-weighted mean cross-entropy over the answer tokens of all `batches`."""
     model.eval()
@@ -316,9 +331,11 @@ def save_model_folder(
     model_path: str,
     out_dir: str | os.PathLike[str],
     dequantized: bool = False,
+    float32: bool = False,
 ) -> Path:
     """Write `model` as an HF folder (weights, config, tokenizer) that `mlx_lm.load` reads;
-    `dequantized`: the model was quantized and is now float, so its config drops quantization.
+    `dequantized`: the model was quantized and is now float, so its config drops quantization;
+    `float32`: a half-precision model now holds float32 weights, and its config says so.
 
     Written to a temp folder then swapped in, so `out_dir` is always a complete model.
     """
@@ -331,6 +348,8 @@ def save_model_folder(
     if dequantized:
         config.pop("quantization", None)
         config.pop("quantization_config", None)
+    if float32:
+        config["torch_dtype"] = "float32"
     save(tmp, str(src), model, tokenizer, config, donate_model=False)
     old = out.with_name(out.name + ".old")
     if out.exists():
@@ -402,6 +421,7 @@ def train_sft(
 
     mx.random.seed(seed)  # LoRA initialisation
     out = Path(out_dir)
+    master = False
     if cfg.method == "lora":
         adapter_cfg = attach_lora(model, cfg.rank, cfg.scale, cfg.dropout, cfg.num_layers)
 
@@ -409,9 +429,10 @@ def train_sft(
             save_adapters(model, out, adapter_cfg)
     else:
         model.unfreeze()
+        master = fp32_master(model)
 
         def save(step: int) -> None:
-            save_model_folder(model, tokenizer, model_path, out)
+            save_model_folder(model, tokenizer, model_path, out, float32=master)
 
     trainable, total = count_params(model)
     train_batches = make_batches(train_ex, cfg.batch_size, pad_id)
@@ -438,6 +459,7 @@ def train_sft(
         "dropped": dropped,
         "trainable_params": trainable,
         "total_params": total,
+        "fp32_master": master,  # a half-precision model trained (and saved) in float32
         "seconds": time.perf_counter() - tic,
     }
 
