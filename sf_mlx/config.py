@@ -228,6 +228,12 @@ class GrpoConfig(_Section):
         min=1,
     )
     temperature: float = _f(1.0, "rollout sampling temperature (> 0)", min=0.0)
+    rollout_batch: int = _f(
+        0,
+        "most completions decoded at once (the rest wait in the decoder's queue); bounds the KV "
+        "cache to about rollout_batch x (prompt + max_tokens) tokens; 0: a step's B x G at once",
+        min=0,
+    )
     checkpoint_every: int = _f(5, "steps between resumable checkpoints", min=1)
     lora_rank: int = _f(8, "LoRA rank of the GRPO adapter", min=1)
     lora_scale: float = _f(20.0, "LoRA scale of the GRPO adapter")

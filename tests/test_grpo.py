@@ -418,3 +418,28 @@ def test_a_fresh_grpo_adapter_is_a_function_of_the_seed(tiny_model_dir):
     assert a and a.keys() == b.keys() == c.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_rollout_batch_bounds_the_sequences_decoded_at_once(tiny_model_dir, monkeypatch):
+    """A step's B x G completions with `rollout_batch` 4: the model never sees more than 4 rows
+    at once (the KV cache holds at most 4 sequences), and every completion is still made."""
+    m, tok, problems, reward, cfg = _toy_setup(tiny_model_dir, rollout_batch=4)
+    rows_seen: list[int] = []
+    forward = type(m).__call__
+
+    def counting(self, inputs, *args, **kwargs):
+        rows_seen.append(inputs.shape[0])
+        return forward(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(type(m), "__call__", counting)
+    batch = grpo.collect_rollouts(
+        m, tok, problems, lambda p: p.question, reward, [0, 1, 2, 3], cfg, seed=0, step=0
+    )
+    assert len(batch.completions) == 4 * cfg.group_size
+    assert rows_seen and max(rows_seen) <= 4
+    rows_seen.clear()
+    whole = replace(cfg, rollout_batch=0)  # the whole step at once
+    grpo.collect_rollouts(
+        m, tok, problems, lambda p: p.question, reward, [0, 1, 2, 3], whole, seed=0, step=0
+    )
+    assert max(rows_seen) > 4

@@ -152,7 +152,7 @@ def collect_rollouts(
         flat_prompts,
         params,
         seed=derive_seed(seed, "grpo", step),
-        batch_size=len(flat_prompts),
+        batch_size=cfg.rollout_batch or len(flat_prompts),
     )
     completions, logprobs, truncated, rewards = [], [], [], []
     for k, gen in enumerate(gens):
