@@ -110,19 +110,27 @@ def stage_plan(recipe: Recipe) -> list[str]:
     return [s for s in STAGES if wanted.get(s, True)]
 
 
+LABELS = ("name", "description")  # run.* keys that name a run but change nothing it computes
+
+
+def settings(recipe: Recipe) -> dict:
+    """The recipe as a dict without its labels: what a resumed run must agree on. (A study can
+    so adopt a run of the recipe it extends, e.g. `countdown-small`'s seed 0 as its `seed-0`.)"""
+    out = recipe_to_dict(recipe)
+    out["run"] = {k: v for k, v in out["run"].items() if k not in LABELS}
+    return out
+
+
 def open_run(recipe_name: str, overrides: list[str], run_dir: Path | None) -> tuple[RunDir, Recipe]:
     """Resolve the recipe and create (or reopen) its run directory; refuses a changed recipe."""
     recipe = load_recipe(recipe_name, overrides)
     name = recipe.run.name or Path(recipe_name).stem
     run = RunDir(Path(run_dir) if run_dir else Path("runs") / name).create()
     if run.recipe.exists():
-        saved = load_recipe(str(run.recipe))
-        if recipe_to_dict(saved) != recipe_to_dict(recipe):
+        saved, now = settings(load_recipe(str(run.recipe))), settings(recipe)
+        if saved != now:
             changed = [
-                f"{s}.{k}"
-                for s, sec in recipe_to_dict(recipe).items()
-                for k, v in sec.items()
-                if recipe_to_dict(saved)[s][k] != v
+                f"{s}.{k}" for s, sec in now.items() for k, v in sec.items() if saved[s][k] != v
             ]
             raise ValueError(
                 f"{run.path} was started with a different recipe (changed: {', '.join(changed)}); "

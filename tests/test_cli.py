@@ -381,6 +381,9 @@ def test_recipe_bad_model_keeps_problems(tmp_path: Path, monkeypatch):
     line = error_line(result)
     assert "different recipe" in line and "sft.iters" in line
     assert (run / "problems.jsonl").read_bytes() == written
+    # a run's name and description are labels: changing them resumes it (to its model error)
+    result = invoke(*args, "--set", "run.description=the same run, described again")
+    assert "different recipe" not in error_line(result) and model in error_line(result)
 
 
 @pytest.mark.slow
