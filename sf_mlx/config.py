@@ -102,6 +102,7 @@ class ProblemsConfig(_Section):
     n_sft: int = _f(200, "problems sampled for silver traces (SFT data)", min=1)
     n_rl: int = _f(200, "problems for GRPO prompts", min=1)
     n_eval: int = _f(100, "evaluation problems per task variant", min=1)
+    n_eval_ood: int = _f(0, "evaluation problems per out-of-domain task (0: n_eval)", min=0)
     eval_num_args: tuple[int, ...] = _f((3, 4, 5, 6), "Countdown sizes evaluated (countdown-N)")
     ood_tasks: tuple[str, ...] = _f(
         ("multiplication", "acronym"),

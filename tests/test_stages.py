@@ -159,6 +159,14 @@ def test_out_of_domain_pools_take_task_parameters():
     mul = pools["eval/multiplication-digits2-b_digits1"]
     assert mul and all(p.data["b"] < 10 <= p.data["a"] < 100 for p in mul)
     assert all(len(p.data["words"]) == 3 for p in pools["eval/acronym-length3"])
+    sized = load_recipe("countdown-tiny", ["problems.n_eval=6", "problems.n_eval_ood=3"])
+    sizes = {}
+    for p in eval_pools(sized):
+        sizes[p.split] = sizes.get(p.split, 0) + 1
+    assert {k: v for k, v in sizes.items() if "countdown" in k} == {
+        f"eval/countdown-{k}": 6 for k in sized.problems.eval_num_args
+    }
+    assert [v for k, v in sizes.items() if "countdown" not in k] == [3]  # multiplication
 
 
 def test_a_bad_out_of_domain_spec_is_one_config_error():

@@ -99,7 +99,8 @@ def eval_pools(recipe: Recipe) -> list[Problem]:
         out += [replace(p, split=f"eval/countdown-{k}") for p in made]
     for spec in cfg.ood_tasks:
         task, params = parse_task_spec(spec)
-        made = distinct_heldout(task, cfg.n_eval, recipe.run.seed + 2000, **params)
+        n = cfg.n_eval_ood or cfg.n_eval
+        made = distinct_heldout(task, n, recipe.run.seed + 2000, **params)
         out += [replace(p, split=f"eval/{spec_label(spec)}") for p in made]
     return out
 
