@@ -368,8 +368,8 @@ def test_recipe_bad_model_keeps_problems(tmp_path: Path, monkeypatch):
     ids: dict[str, set[str]] = {}
     for p in problems:
         ids.setdefault(p["split"].split("/")[0], set()).add(p["problem_id"])
-    # recipes/countdown-small.yaml: 150 SFT, 200 RL, 60 eval x (countdown 3-6 + 2 out-of-domain)
-    assert len(ids["sft"]) == 150 and len(ids["rl"]) == 200 and len(ids["eval"]) == 360
+    # recipes/countdown-small.yaml: 150 SFT, 200 RL, 200 eval x countdown 3-6 + 100 x 2 OOD
+    assert len(ids["sft"]) == 150 and len(ids["rl"]) == 200 and len(ids["eval"]) == 1000
     assert not ids["sft"] & ids["rl"] and not ids["sft"] & ids["eval"]
     assert not ids["rl"] & ids["eval"]
     assert (run / "done" / "problems.json").exists()
