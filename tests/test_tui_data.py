@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sf_mlx.rundir import RunDir, append_jsonl, write_jsonl_atomic
 from tui import watch
 from tui.load import Group, filter_items, load_items, next_zero_std, worst_group
@@ -62,7 +64,8 @@ def test_run_watch_reads_new_rows_only_and_estimates_eta(tmp_path):
     append_jsonl(run.events, [start, progress(110.0, 10)])
     w = watch.RunWatch(run, clock=lambda: 130.0)
     sample = stage(w.poll(), "sample")
-    assert (sample.state, sample.done, sample.total, sample.eta) == ("running", 10, 100, None)
+    # one point, 10 s after the start: 10 items in 10 s, 90 left
+    assert (sample.state, sample.done, sample.total, sample.eta) == ("running", 10, 100, 90.0)
     append_jsonl(run.events, [progress(120.0, 30)])  # 20 items in 10 s: 70 left take 35 s
     snap = w.poll()
     sample = stage(snap, "sample")
@@ -72,6 +75,14 @@ def test_run_watch_reads_new_rows_only_and_estimates_eta(tmp_path):
     write_jsonl_atomic(run.events, [{"time": 200.0, "kind": "message", "stage": "x", "text": "hi"}])
     snap = w.poll()  # a replaced file is read again from the start
     assert snap.log_total == 1 and stage(snap, "sample").done is None
+
+
+def test_a_burst_of_progress_at_one_moment_gives_the_rate_since_the_start():
+    """`evaluate` reports an arm's cells together: the ETA must not read 0 s."""
+    points = [(200.0 + 0.001 * k, k) for k in range(1, 7)]  # 6 of 36 cells, 100 s in
+    assert watch.stage_eta(100.0, points, 36) == pytest.approx(30 * 100.006 / 6)  # not 0 s
+    assert watch.stage_eta(None, points, 36) is None  # no start, no span: no estimate
+    assert watch.stage_eta(100.0, [(100.5, 0), (110.0, 10)], 20) == pytest.approx(9.5)
 
 
 def progress(t: float, done: int) -> dict:

@@ -226,6 +226,18 @@ def health_hints(
     return hints
 
 
+def stage_eta(started: float | None, points: list[tuple[float, int]], total: int) -> float | None:
+    """Seconds left: at the rate of the recent progress points when they span a second or more,
+    else (one point, or a burst logged at one moment, as `evaluate` reports finished cells) at
+    the rate since the stage started, when its first point came after the start."""
+    (t0, d0), (t1, d1) = points[0], points[-1]
+    if t1 - t0 >= 1.0 and d1 > d0:
+        return (total - d1) * (t1 - t0) / (d1 - d0)
+    if started is not None and t0 - started > 2.0 and d1 > 0:
+        return (total - d1) * (t1 - started) / d1
+    return None
+
+
 QUICK_STAGES = ("problems", "base", "rearrange", "report")  # seconds each
 
 
@@ -426,8 +438,6 @@ class RunWatch:
         else:
             seconds = acc.seconds
         eta = None
-        if state == "running" and len(progress) >= 2 and acc.total:
-            (t0, d0), (t1, d1) = progress[0], progress[-1]
-            if t1 > t0 and d1 > d0:
-                eta = (acc.total - d1) / ((d1 - d0) / (t1 - t0))
+        if state == "running" and progress and acc.total:
+            eta = stage_eta(acc.started, list(progress), acc.total)
         return StageView(name, state, seconds, last_done, acc.total, eta)

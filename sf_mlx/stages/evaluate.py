@@ -198,16 +198,16 @@ def run_evaluate(run: RunDir, recipe: Recipe, progress=None) -> dict:
     total, done = len(cfg.arms) * len(pools), 0
     summary: dict[str, dict] = {}
     for arm in cfg.arms:
-        missing = [t for t in pools if not (run.eval_dir / arm / f"{t}.jsonl").exists()]
-        if missing:  # a finished cell is never generated again
-            model, tok = model_io.load(*arm_model(run, recipe, arm))
-            for task in missing:
-                rows = evaluate_cell(
-                    model, tok, arm, task, pools[task], cfg, derive_seed(seed, STAGE, arm, task)
-                )
-                write_jsonl_atomic(run.eval_dir / arm / f"{task}.jsonl", rows)
+        loaded = None  # the arm's (model, tokenizer), loaded when a cell is missing
         for task in pools:
-            results = read_jsonl(run.eval_dir / arm / f"{task}.jsonl", EvalResult)
+            path = run.eval_dir / arm / f"{task}.jsonl"
+            if not path.exists():  # a finished cell is never generated again
+                loaded = loaded or model_io.load(*arm_model(run, recipe, arm))
+                rows = evaluate_cell(
+                    *loaded, arm, task, pools[task], cfg, derive_seed(seed, STAGE, arm, task)
+                )
+                write_jsonl_atomic(path, rows)
+            results = read_jsonl(path, EvalResult)
             summary.setdefault(arm, {})[task] = summarize(results, problems, seed)
             done += 1
             run.log_progress(STAGE, done, total)
