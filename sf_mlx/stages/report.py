@@ -186,7 +186,8 @@ def run_report(run: RunDir, recipe: Recipe, progress=None) -> dict:
     text = f"""# sf-mlx report: {recipe.run.name or run.name}
 
 Model `{recipe.run.model}`; {recipe.problems.n_sft} SFT and {recipe.problems.n_rl} RL problems
-(Countdown-{recipe.problems.num_args}), {recipe.problems.n_eval} held-out problems per variant;
+(Countdown-{recipe.problems.num_args}), {recipe.problems.n_eval} held-out problems per Countdown
+variant ({recipe.problems.n_eval_ood or recipe.problems.n_eval} per out-of-domain task);
 {ev.samples_per_question} samples per question at temperature {ev.temperature}. Accuracy in %,
 95% bootstrap interval over questions in brackets. Every number below is recomputed from the
 generations saved in `eval/` (`sf-mlx stage report` rebuilds this file).
