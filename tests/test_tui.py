@@ -45,7 +45,9 @@ async def test_runs_screen_lists_every_run():
         run, recipe, stage, state, step, elapsed, numbers = by_name["finished"]
         assert (recipe, stage, state) == ("countdown-tiny", "report", "done")
         # the evaluation's headline (accuracy %) once evaluate is done
-        assert numbers == "countdown-4: sft_grpo 29.0 · rl_only 40.0 · base 7.0"
+        # with each arm's 95% interval, resampled from its saved generations where it has them
+        assert numbers.startswith("countdown-4: sft_grpo 29.0 [")
+        assert "rl_only 40.0 [" in numbers and "base 7.0 [3.0,11.0]" in numbers
         # mid-grpo's status says running, but its pid does not exist: shown as stopped
         assert by_name["mid-grpo"][2:5] == ["grpo/rl_only", "stopped", "2"]
         await pilot.press("down", "enter")

@@ -185,4 +185,23 @@ def test_the_headline_is_the_mean_of_countdown_4_to_6_per_arm():
         "sft": {"countdown-4": cell, "countdown-5": cell, "countdown-6": cell},
     }
     assert headline(summary) == "mean CD 4-6: rl_only 13.3 · base 7.7"
-    assert headline({"base": {"acronym": {"accuracy": 0.5}}}) == "acronym: base 50.0"
+    one = {"accuracy": 0.5, "ci_low": 0.25, "ci_high": 0.75}
+    assert headline({"base": {"acronym": one}}) == "acronym: base 50.0 [25.0,75.0]"
+
+
+def test_the_headline_interval_resamples_the_questions_of_every_cell(tmp_path):
+    from sf_mlx.records import EvalResult
+    from tui.load import _mean_interval, headline
+
+    run = RunDir(tmp_path / "run").create()
+    summary = {"base": {}}
+    for cell, right in (("countdown-4", 10), ("countdown-5", 0), ("countdown-6", 5)):
+        rows = [
+            EvalResult("base", cell, f"{cell}/{q}", 0, "r", None, q < right, 5, 1, 0, False)
+            for q in range(20)
+        ]
+        write_jsonl_atomic(run.eval_dir / "base" / f"{cell}.jsonl", rows)
+        summary["base"][cell] = {"accuracy": right / 20}
+    low, high = _mean_interval(run, "base", ["countdown-4", "countdown-5", "countdown-6"])
+    assert low < 0.25 < high and high - low < 0.3  # the mean is (0.5 + 0 + 0.25) / 3
+    assert headline(summary, run).startswith("mean CD 4-6: base 25.0 [")

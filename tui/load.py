@@ -403,9 +403,11 @@ HARD_CELLS = ("countdown-4", "countdown-5", "countdown-6")
 HEADLINE_ARMS = ("sft_grpo", "rl_only", "star_grpo", "base")
 
 
-def headline(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """'mean CD 4-6: sft_grpo 4.4 · rl_only 2.8 · base 1.0' (accuracy %, the paper's headline
-    cells), or the first task's accuracy per arm when the run has no 4-6 cells."""
+def headline(summary: dict[str, dict[str, dict[str, Any]]], run: RunDir | None = None) -> str:
+    """'mean CD 4-6: sft_grpo 4.4 [2.9,6.0] · rl_only 2.8 [...] · base 1.0 [...]' (accuracy %,
+    the paper's headline cells; with `run`, a 95% interval from resampling each cell's
+    questions in its saved generations), or the first task's accuracy per arm and its interval
+    when the run has no 4-6 cells."""
     arms = [a for a in HEADLINE_ARMS if a in summary] or list(summary)
     cells = [c for c in HARD_CELLS if all(c in summary[a] for a in arms)]
     label = "mean CD 4-6" if len(cells) == 3 else " + ".join(cells)
@@ -417,6 +419,40 @@ def headline(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     parts = []
     for arm in arms:
         values = [summary[arm][c].get("accuracy") for c in cells]
-        if all(isinstance(v, (int, float)) for v in values):
-            parts.append(f"{arm} {100 * sum(values) / len(values):.1f}")
+        if not all(isinstance(v, (int, float)) for v in values):
+            continue
+        text = f"{arm} {100 * sum(values) / len(values):.1f}"
+        interval = _mean_interval(run, arm, cells) if run is not None else None
+        if interval is None and len(cells) == 1:
+            c = summary[arm][cells[0]]
+            low, high = c.get("ci_low"), c.get("ci_high")
+            if isinstance(low, (int, float)) and isinstance(high, (int, float)):
+                interval = (low, high)
+        if interval is not None:
+            text += f" [{100 * interval[0]:.1f},{100 * interval[1]:.1f}]"
+        parts.append(text)
     return f"{label}: " + " · ".join(parts) if parts else ""
+
+
+def _mean_interval(
+    run: RunDir, arm: str, cells: list[str], draws: int = 400
+) -> tuple[float, float] | None:
+    """95% interval of the mean over `cells` of each cell's question accuracy, resampling the
+    questions of every cell (standard decoding rows of eval/<arm>/<cell>.jsonl)."""
+    import random
+
+    per_cell = []
+    for cell in cells:
+        by_q: dict[str, list[bool]] = {}
+        for r in _read(run.eval_dir / arm / f"{cell}.jsonl", EvalResult, []):
+            if not getattr(r, "budget", 0):
+                by_q.setdefault(r.problem_id, []).append(r.correct)
+        if not by_q:
+            return None
+        per_cell.append([sum(v) / len(v) for v in by_q.values()])
+    rng = random.Random(0)
+    means = sorted(
+        sum(sum(rng.choices(qs, k=len(qs))) / len(qs) for qs in per_cell) / len(per_cell)
+        for _ in range(draws)
+    )
+    return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]

@@ -407,7 +407,7 @@ class RunWatch:
             mtime = path.stat().st_mtime_ns
             if mtime != self._headline[1]:
                 summary = read_summary(self.run)
-                self._headline = (headline(summary) if summary else "", mtime)
+                self._headline = (headline(summary, self.run) if summary else "", mtime)
         except (OSError, ValueError) as e:
             errors.append(str(e))
         return self._headline[0]
