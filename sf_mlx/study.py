@@ -131,6 +131,12 @@ def compare_markdown(result: dict) -> str:
     columns: list[str] = []
     for arm_cells in cells.values():
         columns += [c for c in arm_cells if c not in columns]
+    # Countdown by size, their mean 4-6, then the out-of-domain tasks
+    columns.sort(
+        key=lambda c: (
+            (0, c) if c.startswith("countdown-") else (1, "") if c == "mean 4-6" else (2, c)
+        )
+    )
     n = len(result["runs"])
     lines = [
         f"Accuracy in % over {n} run(s) ({', '.join(result['runs'])}): mean over seeds "
