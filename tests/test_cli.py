@@ -248,7 +248,7 @@ def test_config_override():
     resolved = _config("sft.epochs=0.5")
     assert resolved["sft"]["epochs"] == 0.5
     assert resolved["run"]["model"] == "builtin:small"
-    assert resolved["grpo"]["steps"] == 20
+    assert resolved["grpo"]["steps"] == 30
 
 
 def test_config_float_from_exponent():
