@@ -3,8 +3,8 @@
 Pure functions, no MLX. Every example is one (prompt, response) chat turn:
 - `attempt`: an answer to a task question in one of the four prompt variants' styles, from a
   noisy solver that is right only part of the time and wrong in realistic ways (claiming the
-  target when off, reusing or inventing a number, a plain miss; the `small` preset's corpus also slips
-  arithmetic steps);
+  target when off, reusing or inventing a number, a plain miss; the `small` preset's corpus
+  also slips arithmetic steps);
 - `check`: the reflection prompt over one attempt; the response recomputes what it must and ends
   in `<verdict>Correct</verdict>` or `<verdict>Incorrect</verdict>`, always agreeing with the
   checker;
