@@ -70,12 +70,18 @@ CORPORA: dict[str, tuple[CorpusConfig, int]] = {  # name -> (settings, examples 
     # Mistakes of search, not of arithmetic: every equation an attempt writes is true, a
     # claimed target is said in words; 30% single result-vs-target comparisons, which a model of
     # this size needs by the tens of thousands before its decision follows the numbers
-    # (`sf-mlx base probe-compare`, README); out-of-domain problems it can partly solve.
+    # (`sf-mlx base probe-compare`, README); some of the strategy's misses stop early with
+    # numbers unused, so leaving a number out does not tell a check the answer is right;
+    # out-of-domain problems it can partly solve: multiplication one digit pair per line, and
+    # each word's first letter a token of its own.
     "search": (
         CorpusConfig(
             p_step_slip=0.0,
             mistakes={"miss": 4, "claim": 2, "reuse": 2, "invent": 2},
             claim_false_step=False,
+            p_stop_early=0.5,
+            multiply_digit_pairs=True,
+            initial_letter_tokens=True,
             frac_compare=0.3,
             frac_drill=0.06,
             frac_ood=0.12,
@@ -154,7 +160,8 @@ def build(
     tok_dir = work / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         sample = [t for e in corpus[:20_000] for t in (e.prompt, e.response)]
-        save_tokenizer(train_tokenizer(sample, preset.vocab_size), tok_dir)
+        tok = train_tokenizer(sample, preset.vocab_size, preset.corpus.initial_letter_tokens)
+        save_tokenizer(tok, tok_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     vocab = len(tokenizer)
 

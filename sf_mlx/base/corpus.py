@@ -89,8 +89,19 @@ class CorpusConfig:
     # A claimed target: True writes the last step's result as the target (a false equation);
     # False keeps every step true and claims the target in words after them.
     claim_false_step: bool = True
+    # Of the strategy's misses: how many stop early, short of the target with numbers unused.
+    # Without them every answer that leaves a number out is right, and checks learn to call such
+    # answers equal whatever the two numbers they write (`sf-mlx base probe`, README).
+    p_stop_early: float = 0.0
     frac_compare: float = 0.0  # single result-vs-target comparisons in the checks' own words
     p_correct: float = 0.55  # out-of-domain attempts: how often the noisy solver is right
+    # Multiplication written one digit pair at a time (`70 * 5 = 350`, `6 * 5 = 30`, then
+    # `350 + 30 = 380`), every line true, instead of one line per digit of b (`76 * 5 = 380`):
+    # a base this size cannot do a 2-digit x 1-digit product in one line (2.8%, README).
+    multiply_digit_pairs: bool = False
+    # The build's tokenizer makes each word's first letter a token of its own (`Ġo` + `nly`):
+    # with whole-word tokens a base this size did not read first letters (acronyms 0%, README).
+    initial_letter_tokens: bool = False
     plain_prompt_share: float = 0.3  # attempts whose prompt is the plain question (SFT/RL form)
 
 
@@ -105,6 +116,10 @@ def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, cfg:
             return steps, expr, "none"
         if steps and rng.random() < 0.3:  # off by a little: claims the target anyway
             return claim(steps, target, cfg.claim_false_step), expr, "claim"
+        if len(numbers) > 2 and rng.random() < cfg.p_stop_early:
+            stopped = _stopped_early(rng, numbers, target, cfg)
+            if stopped is not None:
+                return *stopped, "stop"
         return steps, expr, "nearest_miss"
     if r < cfg.p_strategy + cfg.p_lucky:
         for _ in range(400):
@@ -131,6 +146,19 @@ def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, cfg:
         off = rng.choice([-2, -1, 1, 2, 10, -10])
         steps = steps[:k] + [Step(s.a, s.op, s.b, max(0, s.claimed + off))] + steps[k + 1 :]
     return steps, expr, kind
+
+
+def _stopped_early(rng: random.Random, numbers: list[int], target: int, cfg: CorpusConfig):
+    """The strategy stopped after fewer steps than the numbers allow, short of the target, with
+    numbers left unused: (steps, expression), or None when every early stop hits the target."""
+    for _ in range(20):
+        k = rng.randint(1, len(numbers) - 2)
+        steps, expr, value = _nearest_chain(
+            rng, numbers, target, cfg.p_step_slip, cfg.pairs_considered, max_steps=k
+        )
+        if value != target:
+            return steps, expr
+    return None
 
 
 def _steps_block(steps: list) -> str:

@@ -16,23 +16,55 @@ if TYPE_CHECKING:
     from sf_mlx.base.corpus import CorpusConfig
 
 
+def _digit_parts(n: int) -> list[int]:
+    """76 -> [70, 6]: the nonzero digits of `n` with their place values, largest first."""
+    s = str(n)
+    return [int(d) * 10 ** (len(s) - 1 - k) for k, d in enumerate(s) if d != "0"]
+
+
+def _by_digit_pairs(rng: random.Random, a: int, b: int, cfg: CorpusConfig) -> tuple[list, int]:
+    """Every line a one-digit product (with its zeros) or a sum of two numbers, all of them
+    true; a wrong attempt forgets one partial product (or, with one part, slips the total)."""
+    parts = [(x, y) for x in _digit_parts(a) for y in _digit_parts(b)]
+    wrong = rng.random() >= cfg.p_correct
+    if wrong and len(parts) > 1:
+        del parts[rng.randrange(len(parts))]
+        wrong = False
+    lines = [f"{x} * {y} = {x * y}" for x, y in parts]
+    total = parts[0][0] * parts[0][1]
+    for x, y in parts[1:]:
+        lines.append(f"{total} + {x * y} = {total + x * y}")
+        total += x * y
+    if wrong:
+        total = abs(total + rng.choice([1, -1, 10, -10]) * rng.randint(1, 9))
+        lines.append(f"So the product is {total}.")
+    return [f"Step {i}: {line}" for i, line in enumerate(lines, 1)], total
+
+
 def multiplication_attempt(rng: random.Random, problem: Problem, style: str, cfg: CorpusConfig):
     a, b = problem.data["a"], problem.data["b"]
-    parts = []
-    for k, digit in enumerate(reversed(str(b))):
-        if digit != "0":
-            parts.append((a, int(digit) * 10**k))
-    lines = [f"Step {i}: {a} * {m} = {a * m}" for i, (a, m) in enumerate(parts, 1)]
-    total = a * b
-    if rng.random() >= cfg.p_correct:  # a slipped digit in one partial product or the sum
-        total += rng.choice([1, -1, 10, -10, 100, 1000]) * rng.randint(1, 9)
-        total = abs(total)
-    lines.append(f"Step {len(parts) + 1}: add them up: {total}")
+    if cfg.multiply_digit_pairs:
+        lines, total = _by_digit_pairs(rng, a, b, cfg)
+    else:
+        parts = []
+        for k, digit in enumerate(reversed(str(b))):
+            if digit != "0":
+                parts.append((a, int(digit) * 10**k))
+        lines = [f"Step {i}: {a} * {m} = {a * m}" for i, (a, m) in enumerate(parts, 1)]
+        total = a * b
+        if rng.random() >= cfg.p_correct:  # a slipped digit in one partial product or the sum
+            total += rng.choice([1, -1, 10, -10, 100, 1000]) * rng.randint(1, 9)
+            total = abs(total)
+        lines.append(f"Step {len(parts) + 1}: add them up: {total}")
     body = "\n".join(lines)
     if style == "plan_and_execute":
-        body = f"Plan: multiply {a} by each digit of {b}, then add the parts.\nExecution:\n{body}"
+        what = f"each digit of {a}" if cfg.multiply_digit_pairs else str(a)
+        body = f"Plan: multiply {what} by each digit of {b}, then add the parts.\nExecution:\n{body}"
     elif style == "rephrase":
         body = f"Rewritten Question: What is {a} times {b}?\n{body}"
+    elif style == "alternatively" and cfg.multiply_digit_pairs:
+        ra, rb = round(a, 1 - len(str(a))), round(b, 1 - len(str(b)))  # one significant digit
+        body = f"{a} * {b} is about {ra} * {rb} = {ra * rb}.\nAlternatively, {body}"
     elif style == "alternatively":
         body = f"{a} * {b} is about {round(a * b, -len(str(a * b)) + 2)}.\nAlternatively, {body}"
     response = f"{body}\n<answer>{total}</answer>"

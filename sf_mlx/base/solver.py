@@ -81,13 +81,19 @@ def _valid(a: int, op: str, b: int) -> bool:
 
 
 def _nearest_chain(
-    rng: random.Random, numbers: list[int], target: int, p_slip: float = 0.0, pairs: int = 99
+    rng: random.Random,
+    numbers: list[int],
+    target: int,
+    p_slip: float = 0.0,
+    pairs: int = 99,
+    max_steps: int | None = None,
 ):
     """The "nearest first" strategy: each step combines the pair whose exact integer result is
     closest to the target (ties broken at random), among `pairs` pairs it happens to look at, so
     it misses more as the numbers grow. With probability `p_slip` a step's result is
     written wrong and the later steps build on the wrong value, so longer chains fail more often.
-    Returns (steps, expression, believed value)."""
+    `max_steps` stops the chain early, with numbers left unused (the answer is the expression
+    built so far). Returns (steps, expression, believed value)."""
     pool = [(n, str(n), False) for n in numbers]
     steps: list[Step] = []
     while len(pool) > 1:
@@ -116,7 +122,7 @@ def _nearest_chain(
             value = max(0, value + rng.choice([-2, -1, 1, 2, 10, -10]))
         steps.append(Step(va, op, vb, value))
         pool, _ = _combine(pool, i, j, op, value)
-        if value == target:
+        if value == target or len(steps) == max_steps:
             break
     return steps, pool[-1][1], pool[-1][0]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 # SkillFactory's trace tags: single tokens, never split, never skipped when decoding.
 TRACE_TAGS = (
@@ -35,15 +35,24 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 640) -> Tokenizer:
-    """Train a byte-level BPE on `texts`; digits are pre-split so each digit is one token."""
+# A word's first letter (with the space before it) as a piece of its own: `Ġo` + `nly`.
+INITIAL_LETTER = r" ?(?<![A-Za-z])[A-Za-z]"
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 640, initial_letters: bool = False
+) -> Tokenizer:
+    """Train a byte-level BPE on `texts`; digits are pre-split so each digit is one token.
+    `initial_letters`: every word's first letter is its own token, so a model reads the first
+    letter of a word it was given (acronyms) by copying, not by spelling a merged token."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
+    steps = [
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ]
+    if initial_letters:
+        steps.insert(0, pre_tokenizers.Split(Regex(INITIAL_LETTER), behavior="isolated"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

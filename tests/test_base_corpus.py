@@ -1,0 +1,78 @@
+"""The `search` corpus's remedies for causes found by probing a built base: early stops that
+are wrong, multiplication one digit pair per line, first letters as tokens of their own."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+
+from sf_mlx.base.build import CORPORA
+from sf_mlx.base.corpus import CorpusConfig, make_corpus
+from sf_mlx.base.probes import equation_lines
+from sf_mlx.base.tokenizer import train_tokenizer
+
+SEARCH = CORPORA["search"][0]
+
+
+def _leaves_a_number_out(e) -> bool:
+    answer = e.response.rsplit("<answer>", 1)[1]
+    return len(re.findall(r"\d+", answer)) < int(e.task.removeprefix("countdown-"))
+
+
+def _countdown_attempts(cfg: CorpusConfig) -> list:
+    cfg = replace(cfg, frac_check=0.0, frac_drill=0.0, frac_compare=0.0, frac_ood=0.0)
+    cfg = replace(cfg, countdown_args={3: 0.5, 4: 0.5})
+    return make_corpus(3000, seed=5, cfg=cfg)
+
+
+def test_answers_that_leave_a_number_out_are_right_and_wrong_in_the_search_corpus():
+    """Without early stops every such answer is right (the shortcut a check learnt: `Result 50,
+    target 40: equal.` on the base's own one-step attempts); with them, right about half the
+    time, and every line they write stays true."""
+    no_stops = replace(SEARCH, p_stop_early=0.0)
+    before = [e for e in _countdown_attempts(no_stops) if _leaves_a_number_out(e)]
+    assert len(before) > 100 and all(e.correct for e in before)
+    after = [e for e in _countdown_attempts(SEARCH) if _leaves_a_number_out(e)]
+    right = sum(e.correct for e in after) / len(after)
+    assert len(after) > 300 and 0.35 < right < 0.75
+    lines = [ok for e in after for *_, ok in equation_lines(e.response)]
+    assert lines and all(lines)
+
+
+def _one_nonzero_digit(n: int) -> bool:
+    return len(str(n).rstrip("0")) == 1
+
+
+@pytest.mark.parametrize("spec", ["multiplication:digits=2:b_digits=1", "multiplication:digits=2"])
+def test_digit_pair_multiplication_writes_only_true_one_digit_products_and_sums(spec):
+    cfg = replace(SEARCH, frac_check=0.0, frac_drill=0.0, frac_compare=0.0, frac_ood=1.0)
+    rows = make_corpus(300, seed=1, cfg=replace(cfg, ood={spec: 1}))
+    products = sums = 0
+    for e in rows:
+        for a, op, b, _, ok in equation_lines(e.response):
+            assert ok, e.response
+            if op == "*":
+                products += 1
+                assert _one_nonzero_digit(a) and _one_nonzero_digit(b), e.response
+            else:
+                sums += op == "+"
+    assert products > 300 and sums > 100
+    right = sum(e.correct for e in rows) / len(rows)
+    assert 0.4 < right < 0.7  # a wrong attempt forgets a partial product
+    # the class default writes the whole product of a and one digit of b in one line
+    plain = make_corpus(100, seed=1, cfg=replace(cfg, ood={spec: 1}, multiply_digit_pairs=False))
+    assert any(a > 9 and b > 0 for e in plain for a, op, b, *_ in equation_lines(e.response))
+
+
+def test_initial_letter_tokens_make_a_word_s_first_letter_a_token_of_its_own():
+    texts = ["Take the first letter of each word: only, after, road."] * 50 + ["only after"] * 50
+    split = train_tokenizer(texts, vocab_size=300, initial_letters=True)
+    whole = train_tokenizer(texts, vocab_size=300)
+    text = "Take the first letter of each word: only, after, road."
+    assert "Ġonly" in whole.encode(text).tokens
+    pieces = split.encode(text).tokens
+    assert {"Ġo", "Ġa", "Ġr", "T"} <= set(pieces) and "Ġonly" not in pieces
+    assert split.decode(split.encode(text).ids) == text
+    assert split.encode("Step 1: 10 * 5 = 50").tokens == whole.encode("Step 1: 10 * 5 = 50").tokens
