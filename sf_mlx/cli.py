@@ -176,6 +176,20 @@ def bench_grpo(
         fail(str(e).splitlines()[0])
 
 
+@bench_app.command("memory")
+def bench_memory(
+    rows: Annotated[int, typer.Option(help="Rows of the log-prob pass.")] = 8,
+    length: Annotated[int, typer.Option(help="Tokens per row of the log-prob pass.")] = 256,
+    hidden: Annotated[int, typer.Option(help="Hidden size of the stand-in's body.")] = 128,
+) -> None:
+    """Peak memory of the log-prob pass and a GRPO update with Qwen's 151,936-token vocabulary."""
+    from sf_mlx.bench_memory import bench_memory as run
+
+    if min(rows, length, hidden) < 1:
+        fail("--rows, --length and --hidden: expected positive integers")
+    run(rows, length, hidden)
+
+
 @bench_app.command("tui")
 def bench_tui(
     rollouts: Annotated[int, typer.Option(help="Synthetic GRPO rollouts in the run.")] = 100_000,

@@ -1,5 +1,5 @@
-"""The `search` corpus's remedies for causes found by probing a built base: early stops that
-are wrong, multiplication one digit pair per line, first letters as tokens of their own."""
+"""The `search-2` corpus: `search` plus remedies for causes found by probing its base (wrong
+early stops, multiplication one digit pair per line, first letters as tokens of their own)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sf_mlx.base.corpus import CorpusConfig, make_corpus
 from sf_mlx.base.probes import equation_lines
 from sf_mlx.base.tokenizer import train_tokenizer
 
-SEARCH = CORPORA["search"][0]
+SEARCH = CORPORA["search-2"][0]
 
 
 def _leaves_a_number_out(e) -> bool:
@@ -27,7 +27,7 @@ def _countdown_attempts(cfg: CorpusConfig) -> list:
     return make_corpus(3000, seed=5, cfg=cfg)
 
 
-def test_answers_that_leave_a_number_out_are_right_and_wrong_in_the_search_corpus():
+def test_answers_that_leave_a_number_out_are_right_and_wrong_in_the_search_2_corpus():
     """Without early stops every such answer is right (the shortcut a check learnt: `Result 50,
     target 40: equal.` on the base's own one-step attempts); with them, right about half the
     time, and every line they write stays true."""

@@ -59,7 +59,9 @@ def multiplication_attempt(rng: random.Random, problem: Problem, style: str, cfg
     body = "\n".join(lines)
     if style == "plan_and_execute":
         what = f"each digit of {a}" if cfg.multiply_digit_pairs else str(a)
-        body = f"Plan: multiply {what} by each digit of {b}, then add the parts.\nExecution:\n{body}"
+        body = (
+            f"Plan: multiply {what} by each digit of {b}, then add the parts.\nExecution:\n{body}"
+        )
     elif style == "rephrase":
         body = f"Rewritten Question: What is {a} times {b}?\n{body}"
     elif style == "alternatively" and cfg.multiply_digit_pairs:

@@ -20,6 +20,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from sf_mlx.logprobs import chunked, token_logprobs
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -97,8 +99,11 @@ def batch_indices(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndar
 
 def masked_ce(model: nn.Module, tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
     inputs, targets, m = tokens[:, :-1], tokens[:, 1:], mask[:, 1:]  # (B, L)
-    logits = model(inputs)  # (B, L, V)
-    ce = nn.losses.cross_entropy(logits, targets) * m  # (B, L)
+    if chunked(model, *targets.shape):  # a large vocabulary: bounded memory, float32
+        ce = -token_logprobs(model, tokens) * m
+    else:
+        logits = model(inputs)  # (B, L, V)
+        ce = nn.losses.cross_entropy(logits, targets) * m  # (B, L)
     n = m.sum()
     return ce.sum() / mx.maximum(n, 1), n
 

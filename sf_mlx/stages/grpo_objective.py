@@ -11,6 +11,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from sf_mlx.logprobs import token_logprobs
+
 # --------------------------------------------------------------------------- advantages / variants
 
 
@@ -66,12 +68,10 @@ def sequence_logprobs(
     """Log-prob of each next token from position `start` on, at `temperature`.
 
     tokens (N, T) -> logp (N, T-1-start); column t scores tokens[:, start + t + 1]. Only the
-    chosen token's log-prob is gathered: no (N, T, V) log-softmax is materialised.
+    chosen token's log-prob is gathered: no (N, T, V) log-softmax is materialised, and for a
+    large vocabulary no (N, T, V) logits either (`sf_mlx.logprobs`).
     """
-    logits = model(tokens[:, :-1])[:, start:].astype(mx.float32) / temperature  # (N, T', V)
-    logz = mx.logsumexp(logits, axis=-1)  # (N, T')
-    picked = mx.take_along_axis(logits, tokens[:, start + 1 :, None], axis=-1)[..., 0]  # (N, T')
-    return picked - logz
+    return token_logprobs(model, tokens, temperature, start)
 
 
 def clipped_objective(
