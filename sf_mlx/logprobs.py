@@ -6,7 +6,11 @@ blocks alive. When the logits would exceed `budget_bytes`, the model is split in
 (the transformer up to the last hidden state) and its head (the vocabulary projection and any
 logit transform), and the head runs over chunks of positions under gradient checkpointing
 (`mlx.nn.utils.checkpoint`): only one chunk's logits exist at a time, forward and backward, and
-only the chosen token's log-prob and the log-partition leave the chunk.
+only the chosen token's log-prob and the log-partition leave the chunk. A trainable head (full
+fine-tuning) gets a custom backward that walks the chunks in order and adds each chunk's head
+gradient to one running sum. MLX evaluates lazily and may schedule independent chunks side by
+side; each chunk's input carries a zero-valued dependency on the previous chunk's results, so
+they run one after another and each chunk's buffers are freed before the next.
 
 Below the budget (the built-in base's 640-token vocabulary) the plain path runs, so results do
 not depend on whether a model is large. Architectures are split by name (`split_head`); an
@@ -89,6 +93,8 @@ def token_logprobs(
     body, head_module, head = split_head(model)
     hidden = body(inputs)[:, start:]  # (N, T', H)
     step = chunk_positions(n, vocab, budget_bytes)
+    if head_module.trainable_parameters():
+        return _trainable_head(head_module, head, hidden, targets, temperature, step)
     parts = []
     for i in range(0, t_out, step):
         y = targets[:, i : i + step]  # indices: captured, not differentiated
@@ -101,3 +107,60 @@ def token_logprobs(
             h = h + 0.0 * parts[-1][:, :1, None].astype(h.dtype)
         parts.append(nn.utils.checkpoint(head_module, piece)(h))
     return mx.concatenate(parts, axis=1)
+
+
+def _after(x: mx.array, *previous: mx.array | None) -> mx.array:
+    """`x`, with a data dependency on each of `previous` (zeros added), so MLX's lazy graph
+    computes it after them and can free what they needed first."""
+    for p in previous:
+        if p is not None:
+            x = x + 0.0 * p.reshape(-1)[:1].astype(x.dtype).reshape((1,) * x.ndim)
+    return x
+
+
+def _trainable_head(head_module, head, hidden, targets, temperature: float, step: int):
+    """The chunked pass when the head trains: a custom backward walks the chunks one after
+    another, recomputing each chunk's logits and adding its head gradient to one running sum,
+    so one vocabulary-sized gradient exists at a time, not one per chunk."""
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    bounds = [(i, min(i + step, hidden.shape[1])) for i in range(0, hidden.shape[1], step)]
+
+    def chunk(h, params, y):
+        head_module.update(params)
+        return _picked(head(h), y, temperature)
+
+    @mx.custom_function
+    def pass_(h_all, params):
+        parts, last = [], None
+        for a, b in bounds:
+            last = chunk(_after(h_all[:, a:b], last), params, targets[:, a:b])
+            parts.append(last)
+        return mx.concatenate(parts, axis=1)
+
+    @pass_.vjp
+    def pass_vjp(primals, cotangent, output):
+        h_all, params = primals
+        cot = cotangent[0] if isinstance(cotangent, (list, tuple)) else cotangent
+        names = [k for k, _ in tree_flatten(params)]
+        leaves = [v for _, v in tree_flatten(params)]
+
+        def flat_chunk(h, *ws, y):
+            return chunk(h, tree_unflatten(list(zip(names, ws, strict=True))), y)
+
+        d_hidden, d_leaves = [], [mx.zeros_like(w) for w in leaves]
+        for a, b in bounds:
+            # after the previous chunk's hidden AND head gradients: both read its logits'
+            # cotangent, which is freed only once both exist
+            h = _after(h_all[:, a:b], d_leaves[0], d_hidden[-1] if d_hidden else None)
+            _, grads = mx.vjp(
+                lambda h, *ws, y=targets[:, a:b]: flat_chunk(h, *ws, y=y),
+                [h, *leaves],
+                [cot[:, a:b]],
+            )
+            d_leaves = [acc + g for acc, g in zip(d_leaves, grads[1:], strict=True)]
+            d_hidden.append(grads[0])
+        head_module.update(params)
+        return mx.concatenate(d_hidden, axis=1), tree_unflatten(list(zip(names, d_leaves, strict=True)))
+
+    return pass_(hidden, head_module.trainable_parameters())

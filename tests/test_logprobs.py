@@ -72,12 +72,15 @@ def test_an_unknown_architecture_takes_the_plain_path():
     assert token_logprobs(m, tokens, budget_bytes=1).shape == (2, 8)
 
 
-def test_the_peak_of_a_large_vocabulary_pass_follows_the_budget_not_the_logits():
-    """V = 151,936 (Qwen's), 4 x 128 tokens, the head frozen as under LoRA: the plain pass
-    holds several (rows, T, V) float32 blocks; the chunked one a few chunks' worth."""
+@pytest.mark.parametrize("head", ["frozen", "trainable"])
+def test_the_peak_of_a_large_vocabulary_pass_follows_the_budget_not_the_logits(head):
+    """V = 151,936 (Qwen's), 4 x 128 tokens, the head frozen (as under LoRA) or trainable (full
+    fine-tuning): the plain pass holds several (rows, T, V) float32 blocks; the chunked one a
+    few chunks' worth, and one vocabulary-sized head gradient at a time."""
     m = _model("qwen2", vocab=151_936, tie=True)
-    m.freeze()
-    m.model.layers[0].unfreeze()
+    if head == "frozen":
+        m.freeze()
+        m.model.layers[0].unfreeze()
     tokens = mx.random.randint(0, 151_936, (4, 129), key=mx.random.key(3))
     logits_bytes = 4 * 128 * 151_936 * 4  # 311 MB
 
