@@ -208,7 +208,7 @@ class GrpoConfig(_Section):
     learning_rate: float = _f(1e-5, "learning rate", min=0.0)
     epsilon_low: float = _f(0.2, "lower clip range of the probability ratio", min=0.0)
     epsilon_high: float = _f(0.28, "upper clip range of the ratio (clip-higher)", min=0.0)
-    beta: float = _f(0.0, "KL coefficient to the adapter-off reference (0: no KL)", min=0.0)
+    beta: float = _f(0.0, "KL coefficient to the starting policy (0: no KL, no reference)", min=0.0)
     mu: int = _f(1, "update passes over each batch of rollouts", min=1)
     minibatch_prompts: int = _f(4, "prompts (groups) per gradient update", min=1)
     variant: str = _f(
@@ -236,6 +236,13 @@ class GrpoConfig(_Section):
         min=0,
     )
     checkpoint_every: int = _f(5, "steps between resumable checkpoints", min=1)
+    method: str = _f(
+        "lora",
+        "what GRPO trains: lora (an adapter; the KL reference is the adapter switched off) or "
+        "full (every weight, the paper's setting; with beta > 0 one copy of the starting "
+        "weights is kept as the reference, with beta = 0 none)",
+        ("lora", "full"),
+    )
     lora_rank: int = _f(8, "LoRA rank of the GRPO adapter", min=1)
     lora_scale: float = _f(20.0, "LoRA scale of the GRPO adapter")
 

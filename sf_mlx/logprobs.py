@@ -161,6 +161,7 @@ def _trainable_head(head_module, head, hidden, targets, temperature: float, step
             d_leaves = [acc + g for acc, g in zip(d_leaves, grads[1:], strict=True)]
             d_hidden.append(grads[0])
         head_module.update(params)
-        return mx.concatenate(d_hidden, axis=1), tree_unflatten(list(zip(names, d_leaves, strict=True)))
+        d_params = tree_unflatten(list(zip(names, d_leaves, strict=True)))
+        return mx.concatenate(d_hidden, axis=1), d_params
 
     return pass_(hidden, head_module.trainable_parameters())

@@ -79,17 +79,31 @@ def starting_model(run: RunDir, recipe: Recipe, arm: str) -> str:
 
 
 def load_policy(start: str, cfg, seed: int):
-    """(model, tokenizer, adapter config): the arm's starting model with a fresh LoRA adapter.
-    The adapter's initial weights are a function of `seed`, so a stage restarted before its first
-    checkpoint starts from the same ones."""
+    """(model, tokenizer, what trains): the arm's starting model with a fresh LoRA adapter (its
+    mlx-lm adapter config), or with every weight trainable (`grpo.method=full`: fine_tune_type
+    "full" and whether a half-precision model was cast to float32 master weights). The adapter's
+    initial weights are a function of `seed`, so a stage restarted before its first checkpoint
+    starts from the same ones."""
     import mlx.core as mx
 
     from sf_mlx import model as model_io
     from sf_mlx.lora import attach_lora
+    from sf_mlx.stages.sft import fp32_master
 
     model, tok = model_io.load(start)
+    if cfg.method == "full":
+        model.unfreeze()
+        return model, tok, {"fine_tune_type": "full", "fp32_master": fp32_master(model)}
     mx.random.seed(seed)
     return model, tok, attach_lora(model, cfg.lora_rank, cfg.lora_scale, 0.0, -1)
+
+
+def grpo_output(run: RunDir, recipe: Recipe, arm: str) -> tuple[str, str | None]:
+    """(model folder or id, adapter folder or None) an arm's GRPO wrote: with LoRA the starting
+    model and the adapter, with full-parameter GRPO the trained model folder."""
+    if recipe.grpo.method == "full":
+        return str(run.grpo_dir(arm) / "model"), None
+    return starting_model(run, recipe, arm), str(run.grpo_dir(arm) / "adapters")
 
 
 def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
@@ -101,7 +115,7 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
         raise ValueError(f"unknown GRPO arm {arm!r}; expected one of {', '.join(GRPO_ARMS)}")
     cfg, stage, out = recipe.grpo, f"grpo/{arm}", run.grpo_dir(arm)
     start = starting_model(run, recipe, arm)
-    model, tok, lora_config = load_policy(start, cfg, recipe.run.seed)
+    model, tok, trains = load_policy(start, cfg, recipe.run.seed)
     problems = read_pool(run, "rl")
     history: list[dict] = []
     print(
@@ -151,8 +165,15 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
         recipe.run.seed,
         on_step=on_step,
     )
-    save_adapters(model, out / "adapters", lora_config)
-    write_json_atomic(out / "model.json", {"start_model": start, "adapters": str(out / "adapters")})
+    if trains["fine_tune_type"] == "full":
+        from sf_mlx.stages.sft import save_model_folder
+
+        save_model_folder(model, tok, start, out / "model", float32=trains["fp32_master"])
+        record = {"start_model": start, "model": str(out / "model")}
+    else:
+        save_adapters(model, out / "adapters", trains)
+        record = {"start_model": start, "adapters": str(out / "adapters")}
+    write_json_atomic(out / "model.json", record)
     stats = {"arm": arm, "steps": steps, "start_model": start}
     if history:
         last = history[-1]

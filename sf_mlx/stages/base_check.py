@@ -22,7 +22,7 @@ def is_quantized(model) -> bool:
     return any(isinstance(m, kinds) for _, m in model.named_modules())
 
 
-def check_usable(name: str, model, tokenizer, sft_method: str) -> None:
+def check_usable(name: str, model, tokenizer, sft_method: str, grpo_method: str = "lora") -> None:
     """ModelLoadError, in one line, for a model the pipeline cannot use."""
     from sf_mlx import model as model_io
 
@@ -42,11 +42,12 @@ def check_usable(name: str, model, tokenizer, sft_method: str) -> None:
     except Exception as e:  # noqa: BLE001 - a template can fail in many ways; one line says which
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise model_io.ModelLoadError(f"{name}: its chat template fails: {first}") from e
-    if sft_method == "full" and is_quantized(model):
-        raise model_io.ModelLoadError(
-            f"{name} is quantized, and full fine-tuning cannot train quantized weights; "
-            "use sft.method=lora, or a float (unquantized) model"
-        )
+    for section, method in (("sft", sft_method), ("grpo", grpo_method)):
+        if method == "full" and is_quantized(model):
+            raise model_io.ModelLoadError(
+                f"{name} is quantized, and full fine-tuning cannot train quantized weights; "
+                f"use {section}.method=lora, or a float (unquantized) model"
+            )
 
 
 def run_base_check(run: RunDir, recipe: Recipe) -> dict:
@@ -56,7 +57,7 @@ def run_base_check(run: RunDir, recipe: Recipe) -> dict:
 
     path = model_io.resolve_model_path(recipe.run.model)
     model, tokenizer = model_io.load(recipe.run.model)
-    check_usable(recipe.run.model, model, tokenizer, recipe.sft.method)
+    check_usable(recipe.run.model, model, tokenizer, recipe.sft.method, recipe.grpo.method)
     info = {
         "model": recipe.run.model,
         "path": path,

@@ -32,7 +32,7 @@ FORCE_TAG = "</think>"
 
 def arm_model(run: RunDir, recipe: Recipe, arm: str) -> tuple[str, str | None]:
     """(model path or id, adapter folder or None) of an arm."""
-    from sf_mlx.stages.arms import starting_model
+    from sf_mlx.stages.arms import grpo_output
 
     if arm == "base":
         return recipe.run.model, None
@@ -41,7 +41,7 @@ def arm_model(run: RunDir, recipe: Recipe, arm: str) -> tuple[str, str | None]:
         if recipe.sft.method == "full":
             return str(folder / "model"), None
         return recipe.run.model, str(folder / "adapters")
-    return starting_model(run, recipe, arm), str(run.grpo_dir(arm) / "adapters")
+    return grpo_output(run, recipe, arm)
 
 
 def eval_pools(run: RunDir) -> dict[str, list[Problem]]:

@@ -47,13 +47,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
 
-from sf_mlx.stages.grpo_objective import VARIANTS, adapters_disabled, grpo_loss, sequence_logprobs
+from sf_mlx.stages.grpo_objective import (
+    VARIANTS,
+    adapters_disabled,
+    grpo_loss,
+    sequence_logprobs,
+    starting_weights,
+)
 
 PAD_TO = 32  # micro-batch widths are rounded up to a multiple of this (+1), as in SFT
 
@@ -214,9 +221,12 @@ def minibatch_rows(n_groups: int, group_size: int, minibatch_prompts: int) -> li
     ]
 
 
-def plan_update(model, batch: RolloutBatch, pad_id: int, cfg) -> list[MiniBatch]:
+def plan_update(
+    model, batch: RolloutBatch, pad_id: int, cfg, reference=adapters_disabled
+) -> list[MiniBatch]:
     """Mini-batches of `minibatch_prompts` groups, each cut into micro-batches of the rows that
-    change the gradient; logp_old and the reference computed here, once per step, if needed."""
+    change the gradient; logp_old and the reference computed here, once per step, if needed.
+    `reference(model)`: a context in which the model is the KL reference policy."""
     variant = VARIANTS[cfg.variant]
     adv = batch.advantages.reshape(-1)  # (N,)
     minibatches = minibatch_rows(len(batch.problem_idx), cfg.group_size, cfg.minibatch_prompts)
@@ -241,7 +251,7 @@ def plan_update(model, batch: RolloutBatch, pad_id: int, cfg) -> list[MiniBatch]
             if not ratio_is_one:
                 old = mx.stop_gradient(sequence_logprobs(model, tokens, cfg.temperature, start))
             if cfg.beta:
-                with adapters_disabled(model):
+                with reference(model):
                     ref = sequence_logprobs(model, tokens, cfg.temperature, start)
                 ref = mx.stop_gradient(ref)
             mx.eval([a for a in (old, ref) if a is not None])
@@ -300,11 +310,13 @@ def minibatch_gradient(model, mini: MiniBatch, cfg) -> tuple[dict, dict[str, mx.
     return grads, sums, logps
 
 
-def policy_update(model, optimizer, batch: RolloutBatch, pad_id: int, cfg) -> dict[str, float]:
+def policy_update(
+    model, optimizer, batch: RolloutBatch, pad_id: int, cfg, reference=adapters_disabled
+) -> dict[str, float]:
     """Step 5: plan the mini-batches, then `mu` passes of one optimizer update per mini-batch."""
     from mlx.optimizers import clip_grad_norm
 
-    plan = plan_update(model, batch, pad_id, cfg)
+    plan = plan_update(model, batch, pad_id, cfg, reference)
     sums = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "grad_norm": 0.0}
     gaps: list[float] = []
     n_updates = 0
@@ -413,6 +425,10 @@ def train_grpo(
 
     ckpt = Path(ckpt_dir)
     optimizer = optim.AdamW(learning_rate=cfg.learning_rate, weight_decay=0.0)
+    reference = adapters_disabled
+    if getattr(cfg, "method", "lora") == "full" and cfg.beta:  # the weights before any step
+        start_weights = tree_map(lambda x: x, model.parameters())
+        reference = partial(starting_weights, weights=start_weights)
     step = 0
     if (ckpt / "state.json").exists():
         step = load_checkpoint(ckpt, model, optimizer)
@@ -433,7 +449,7 @@ def train_grpo(
                 model, tokenizer, problems, prompt_fn, reward_fn, idx, cfg, seed, step
             )
             t_roll = time.perf_counter() - tic
-            upd = policy_update(model, optimizer, batch, pad_id, cfg)
+            upd = policy_update(model, optimizer, batch, pad_id, cfg, reference)
             t_upd = time.perf_counter() - tic - t_roll
             step, done = step + 1, snapshot()
             if on_step:

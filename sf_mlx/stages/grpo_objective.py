@@ -121,6 +121,20 @@ def grpo_loss(
 
 
 @contextmanager
+def starting_weights(model: nn.Module, weights: dict):
+    """The reference policy of full-parameter GRPO: the starting `weights` swapped in for the
+    duration (arrays are immutable, so holding them is the one copy the reference costs)."""
+    from mlx.utils import tree_map
+
+    current = tree_map(lambda x: x, model.parameters())
+    model.update(weights)
+    try:
+        yield
+    finally:
+        model.update(current)
+
+
+@contextmanager
 def adapters_disabled(model: nn.Module):
     """The reference policy: the same weights with every LoRA adapter's scale set to 0."""
     saved = []
