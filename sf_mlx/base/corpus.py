@@ -116,7 +116,7 @@ def _countdown_attempt(rng: random.Random, numbers: list[int], target: int, cfg:
             return steps, expr, "none"
         if steps and rng.random() < 0.3:  # off by a little: claims the target anyway
             return claim(steps, target, cfg.claim_false_step), expr, "claim"
-        if len(numbers) > 2 and rng.random() < cfg.p_stop_early:
+        if cfg.p_stop_early and len(numbers) > 2 and rng.random() < cfg.p_stop_early:
             stopped = _stopped_early(rng, numbers, target, cfg)
             if stopped is not None:
                 return *stopped, "stop"
