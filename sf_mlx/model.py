@@ -7,6 +7,7 @@ token ids, text, the sampled tokens' log-probabilities and the finish reason per
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,10 @@ def generate(
     params: SamplingParams,
     seed: int,
     batch_size: int = 32,
+    on_finished: Callable[[int], None] | None = None,
 ) -> list[Generation]:
-    """Sample one completion per prompt (token ids), in order; seeded."""
+    """Sample one completion per prompt (token ids), in order; seeded. `on_finished(n)` is
+    called whenever more completions have finished, with how many have so far."""
     import mlx.core as mx
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
@@ -143,15 +146,17 @@ def generate(
     )
     threads = os.environ.get("SF_MLX_DECODE_THREADS")
     if not threads:
-        return _generate(gen, tokenizer, prompts, params)
+        return _generate(gen, tokenizer, prompts, params, on_finished)
     with blas.blas_threads(int(threads)):
-        return _generate(gen, tokenizer, prompts, params)
+        return _generate(gen, tokenizer, prompts, params, on_finished)
 
 
 LOGPROB_FLUSH = 16  # decode steps between logprob transfers
 
 
-def _generate(gen, tokenizer, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+def _generate(
+    gen, tokenizer, prompts: list[list[int]], params: SamplingParams, on_finished=None
+) -> list[Generation]:
     import mlx.core as mx
 
     try:
@@ -189,9 +194,12 @@ def _generate(gen, tokenizer, prompts: list[list[int]], params: SamplingParams) 
             ent = -(mx.exp(rows) * rows).sum(axis=-1)  # (B,)
             step = [(r.uid, r.token, r.finish_reason) for r in responses]
             pending.append((step, mx.take_along_axis(rows, picked, axis=-1)[:, 0], ent))
+            ended = len(finish)
             for r in responses:
                 if r.finish_reason is not None:
                     finish[r.uid] = r.finish_reason
+            if on_finished and len(finish) > ended:
+                on_finished(len(finish))
             if len(pending) >= LOGPROB_FLUSH:
                 flush()
         flush()

@@ -86,3 +86,26 @@ def test_report_numbers_are_recomputed_from_generations(tiny_run):
     assert plots and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     for p in plots:
         assert f"plots/{p.name}" in report
+
+
+def test_evaluate_progress_counts_answers_not_cells(tiny_run, monkeypatch):
+    """A cell of a large run takes hours: progress moves with its answers, throttled."""
+    from sf_mlx.config import load_recipe
+    from sf_mlx.stages import evaluate
+
+    recipe = load_recipe(str(tiny_run.recipe))
+    pools = evaluate.eval_pools(tiny_run)
+    per_arm = sum(len(qs) for qs in pools.values()) * recipe.evaluate.samples_per_question
+    total = len(recipe.evaluate.arms) * per_arm
+    events = [e for e in tiny_run.read_events("progress") if e["stage"] == "evaluate"]
+    assert events[-1]["done"] == events[-1]["total"] == total
+    # redo one cell with throttling off: progress within the cell, one step per answer at most
+    cell = tiny_run.eval_dir / "base" / "countdown-3.jsonl"
+    cell.unlink()
+    monkeypatch.setattr(evaluate, "PROGRESS_SECONDS", 0.0)
+    seen: list[int] = []
+    evaluate.run_evaluate(tiny_run, recipe, progress=lambda done, n, tps: seen.append(done))
+    per_cell = len(pools["countdown-3"]) * recipe.evaluate.samples_per_question
+    assert seen[-1] == total
+    inside = [d for d in seen if 0 < d < per_cell]
+    assert len(inside) >= 2 and inside == sorted(inside)

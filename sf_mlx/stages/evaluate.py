@@ -169,16 +169,19 @@ def force_budget(model, tok, prompts: list[list[int]], first, params, budget: in
     return out
 
 
-def evaluate_cell(model, tok, arm: str, task: str, qs: list[Problem], cfg, seed: int):
+def evaluate_cell(
+    model, tok, arm: str, task: str, qs: list[Problem], cfg, seed: int, on_finished=None
+):
     """All generations of one (arm, task) cell: standard, and with `cfg.budget` the budget pair
-    on every task (the standard generations cut at the budget, and those forced to go on)."""
+    on every task (the standard generations cut at the budget, and those forced to go on).
+    `on_finished(n)`: n of the cell's standard answers are done."""
     from sf_mlx import model as model_io
 
     params = model_io.SamplingParams(cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
     prompts = [
         model_io.chat_prompt(tok, p.question) for p in qs for _ in range(cfg.samples_per_question)
     ]
-    standard = model_io.generate(model, tok, prompts, params, seed)
+    standard = model_io.generate(model, tok, prompts, params, seed, on_finished=on_finished)
     rows = _results(arm, task, qs, standard)
     if cfg.budget:
         at_budget = [cut_at_budget(tok, g, cfg.budget) for g in standard]
@@ -188,6 +191,24 @@ def evaluate_cell(model, tok, arm: str, task: str, qs: list[Problem], cfg, seed:
     return rows
 
 
+PROGRESS_SECONDS = 5.0  # within a cell, progress is logged at most this often
+
+
+def _every(seconds: float, fn):
+    """`fn`, called at most once per `seconds` (the first call always goes through)."""
+    import time
+
+    last = [float("-inf")]
+
+    def call(*args) -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds:
+            last[0] = now
+            fn(*args)
+
+    return call
+
+
 def run_evaluate(run: RunDir, recipe: Recipe, progress=None) -> dict:
     from sf_mlx import model as model_io
     from sf_mlx.stages.generation import derive_seed
@@ -195,8 +216,17 @@ def run_evaluate(run: RunDir, recipe: Recipe, progress=None) -> dict:
     cfg, seed = recipe.evaluate, recipe.run.seed
     pools = eval_pools(run)
     problems = {p.problem_id: p for ps in pools.values() for p in ps}
-    total, done = len(cfg.arms) * len(pools), 0
+    # progress counts answers (questions x samples_per_question), not cells: a cell of a large
+    # run can take hours
+    answers = {task: len(qs) * cfg.samples_per_question for task, qs in pools.items()}
+    total, done = len(cfg.arms) * sum(answers.values()), 0
     summary: dict[str, dict] = {}
+
+    def report(n: int) -> None:
+        run.log_progress(STAGE, n, total)
+        if progress:
+            progress(n, total, 0.0)
+
     for arm in cfg.arms:
         loaded = None  # the arm's (model, tokenizer), loaded when a cell is missing
         for task in pools:
@@ -204,17 +234,21 @@ def run_evaluate(run: RunDir, recipe: Recipe, progress=None) -> dict:
             if not path.exists():  # a finished cell is never generated again
                 loaded = loaded or model_io.load(*arm_model(run, recipe, arm))
                 rows = evaluate_cell(
-                    *loaded, arm, task, pools[task], cfg, derive_seed(seed, STAGE, arm, task)
+                    *loaded,
+                    arm,
+                    task,
+                    pools[task],
+                    cfg,
+                    derive_seed(seed, STAGE, arm, task),
+                    on_finished=_every(PROGRESS_SECONDS, lambda n, d=done: report(d + n)),
                 )
                 write_jsonl_atomic(path, rows)
             results = read_jsonl(path, EvalResult)
             summary.setdefault(arm, {})[task] = summarize(results, problems, seed)
-            done += 1
-            run.log_progress(STAGE, done, total)
-            if progress:
-                progress(done, total, 0.0)
+            done += answers[task]
+            report(done)
     write_json_atomic(run.eval_dir / "summary.json", summary)
-    run.mark_done(STAGE, {"cells": total})
+    run.mark_done(STAGE, {"cells": len(cfg.arms) * len(pools), "answers": total})
     return {"arms": list(cfg.arms), "tasks": list(pools)}
 
 
