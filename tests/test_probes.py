@@ -106,3 +106,12 @@ def test_own_verdicts_score_the_checks_of_a_models_own_attempts():
     out = probes.own_verdicts([p] * 4, [right, right, wrong, wrong], [ok, no, no, no])
     assert out["attempts_correct"] == 2 and out["agreement"] == 0.75
     assert (out["on_correct"], out["on_wrong"], out["balanced"]) == (0.5, 1.0, 0.75)
+    a, b, c = p.data["numbers"]
+    short, full = f"{a} + {b}", f"{a} * {b} * {c}"  # a number left out; every number used
+    assert not any(get_task("countdown").check(p, x) for x in (short, full))
+    short, full = f"<answer>{short}</answer>", f"<answer>{full}</answer>"
+    out = probes.own_verdicts([p] * 3, [short, short, full], [ok, ok, no])
+    assert out["wrong_answers"] == {
+        "leaves_a_number_out": {"wrong": 2, "on_wrong": 0.0},
+        "uses_every_number": {"wrong": 1, "on_wrong": 1.0},
+    }

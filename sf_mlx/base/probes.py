@@ -25,6 +25,7 @@ from sf_mlx import model as model_io
 from sf_mlx.base.corpus import (
     CorpusConfig,
     _apply,
+    _literals,
     comparison_pair,
     countdown_check_response,
     drill_operation,
@@ -188,13 +189,21 @@ def probe_base(model: str, n: int, seed: int, cfg: CorpusConfig, log: Callable =
 def own_verdicts(problems: list[Problem], attempts: list[str], checks: list[str]) -> dict:
     """How often the verdict of a model's check of its own attempt agrees with the checker:
     overall, on its right and on its wrong attempts, and their mean (the balanced agreement,
-    0.5 for a verdict that ignores the attempt)."""
-    right, wrong = [], []
+    0.5 for a verdict that ignores the attempt); and the same on its wrong answers that leave
+    a number out and on its other wrong answers (a check can learn to call every answer that
+    leaves a number out right, when every such answer it was shown was right)."""
+    right, wrong, short_wrong = [], [], []
     for p, attempt, check in zip(problems, attempts, checks, strict=True):
-        correct = grade(p, attempt)[1]
-        verdict = parse_verdict(check)
-        (right if correct else wrong).append(verdict == ("correct" if correct else "incorrect"))
+        extracted, correct = grade(p, attempt)
+        agrees = parse_verdict(check) == ("correct" if correct else "incorrect")
+        (right if correct else wrong).append(agrees)
+        if not correct and extracted is not None:
+            short_wrong.append((len(_literals(extracted)) < len(p.data["numbers"]), agrees))
     r, w = sum(right) / max(1, len(right)), sum(wrong) / max(1, len(wrong))
+    by_shape = {}
+    for name, short in (("leaves_a_number_out", True), ("uses_every_number", False)):
+        agree = [a for s, a in short_wrong if s == short]
+        by_shape[name] = {"wrong": len(agree), "on_wrong": sum(agree) / max(1, len(agree))}
     return {
         "attempts": len(attempts),
         "attempts_correct": len(right),
@@ -202,6 +211,7 @@ def own_verdicts(problems: list[Problem], attempts: list[str], checks: list[str]
         "on_correct": r,
         "on_wrong": w,
         "balanced": (r + w) / 2,
+        "wrong_answers": by_shape,
     }
 
 
