@@ -426,7 +426,7 @@ def train_grpo(
     ckpt = Path(ckpt_dir)
     optimizer = optim.AdamW(learning_rate=cfg.learning_rate, weight_decay=0.0)
     reference = adapters_disabled
-    if getattr(cfg, "method", "lora") == "full" and cfg.beta:  # the weights before any step
+    if cfg.method == "full" and cfg.beta:  # the weights before any step
         start_weights = tree_map(lambda x: x, model.parameters())
         reference = partial(starting_weights, weights=start_weights)
     step = 0
