@@ -277,6 +277,15 @@ def _thread_fns() -> tuple[Callable[..., int], Callable[..., None]] | None:
     return get, put
 
 
+def set_blas_threads(n: int) -> bool:
+    """Use `n` OpenBLAS threads from now on; False when the fix is not applied."""
+    fns = _thread_fns()
+    if fns is None:
+        return False
+    fns[1](n)
+    return True
+
+
 @contextlib.contextmanager
 def blas_threads(n: int):
     """Run a block with `n` OpenBLAS threads (no-op when the fix is not applied).

@@ -347,7 +347,7 @@ def stage(
 
     from sf_mlx.config import load_recipe
     from sf_mlx.model import ModelLoadError
-    from sf_mlx.pipeline import run_stage
+    from sf_mlx.pipeline import distributed_run, run_stage
     from sf_mlx.rundir import RunDir
 
     run = RunDir(run_dir)
@@ -357,6 +357,7 @@ def stage(
         )
     try:
         recipe_ = load_recipe(str(run.recipe), set_)
+        run = distributed_run(run)
         with _Bars() as bars:
             info, secs = run_stage(run, recipe_, name, bars.for_stage(name))
     except (ValueError, ModelLoadError, FileNotFoundError) as e:

@@ -235,6 +235,13 @@ class GrpoConfig(_Section):
         "cache to about rollout_batch x (prompt + max_tokens) tokens; 0: a step's B x G at once",
         min=0,
     )
+    rollout_split: int = _f(
+        1,
+        "a step's groups are sampled in this many seeded parts of whole groups: the units the "
+        "ranks of a distributed run share (a multiple of the number of ranks keeps them all "
+        "busy); the result does not depend on how many ranks there are; 1: sampled together",
+        min=1,
+    )
     checkpoint_every: int = _f(5, "steps between resumable checkpoints", min=1)
     method: str = _f(
         "lora",
@@ -251,6 +258,11 @@ class GrpoConfig(_Section):
             raise ValueError(
                 f"grpo.temperature={self.temperature}; must be > 0 (the policy's log-probs "
                 "divide by it, and greedy rollouts give a group identical completions)"
+            )
+        if self.rollout_split > self.prompts_per_step:
+            raise ValueError(
+                f"grpo.rollout_split={self.rollout_split} > prompts_per_step="
+                f"{self.prompts_per_step} (each part holds whole groups)"
             )
         if self.minibatch_prompts > self.prompts_per_step:
             raise ValueError(

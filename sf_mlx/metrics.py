@@ -88,6 +88,12 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric("grpo/rollout_sec", "rollout s", "seconds spent generating the step's rollouts", ".1f"),
     Metric("grpo/update_sec", "update s", "seconds spent on the step's gradient updates", ".1f"),
+    Metric(
+        "grpo/comm_mb",
+        "comm MB",
+        "MB this rank put into collectives in the step (0 on one rank)",
+        ".2f",
+    ),
     # evaluation, one per task variant, e.g. eval/countdown-4/accuracy
     Metric(
         "eval/<task>/accuracy", "accuracy", "mean correctness over k samples per question", ".3f"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+from sf_mlx import distributed as dist
 from sf_mlx.config import Recipe, dump_recipe, load_recipe, recipe_to_dict
 from sf_mlx.rundir import RunDir
 
@@ -110,6 +112,25 @@ def stage_plan(recipe: Recipe) -> list[str]:
     return [s for s in STAGES if wanted.get(s, True)]
 
 
+# Stages whose work is shared by the ranks of a distributed run; the others (cheap, or only
+# reading and writing files) run on the writing ranks while the rest wait.
+SHARED_STAGES = (
+    "sample",
+    "reflect",
+    "sft",
+    "star",
+    "grpo/sft_grpo",
+    "grpo/rl_only",
+    "grpo/star_grpo",
+    "evaluate",
+)
+
+
+def distributed_run(run: RunDir) -> RunDir:
+    """`run` as this rank sees it: writing it, or reading what another rank writes."""
+    return replace(run, writer=dist.elect_writer(run.path))
+
+
 LABELS = ("name", "description")  # run.* keys that name a run but change nothing it computes
 
 
@@ -122,11 +143,24 @@ def settings(recipe: Recipe) -> dict:
 
 
 def open_run(recipe_name: str, overrides: list[str], run_dir: Path | None) -> tuple[RunDir, Recipe]:
-    """Resolve the recipe and create (or reopen) its run directory; refuses a changed recipe."""
+    """Resolve the recipe and create (or reopen) its run directory; refuses a changed recipe.
+    Under `mlx.launch` every rank opens it and one rank per file system writes it."""
     recipe = load_recipe(recipe_name, overrides)
     name = recipe.run.name or Path(recipe_name).stem
-    run = RunDir(Path(run_dir) if run_dir else Path("runs") / name).create()
-    if run.recipe.exists():
+    run = distributed_run(RunDir(Path(run_dir) if run_dir else Path("runs") / name).create())
+    dist.same_on_every_rank("the resolved recipe", settings(recipe))
+    split = recipe.grpo.rollout_split
+    grpo = any(s.startswith("grpo/") for s in stage_plan(recipe))
+    if dist.size() > 1 and split % dist.size() and grpo:
+        raise ValueError(
+            f"grpo.rollout_split={split} with {dist.size()} ranks: some ranks would wait while "
+            f"others sample; set grpo.rollout_split to a multiple of {dist.size()}"
+        )
+    fresh = run.writer and not run.recipe.exists()
+    if fresh:
+        dump_recipe(recipe, run.recipe, header=f"resolved from {recipe_name}")
+    dist.barrier()  # every rank reads the recipe its writer wrote
+    if not fresh:
         saved, now = settings(load_recipe(str(run.recipe))), settings(recipe)
         if saved != now:
             changed = [
@@ -136,17 +170,21 @@ def open_run(recipe_name: str, overrides: list[str], run_dir: Path | None) -> tu
                 f"{run.path} was started with a different recipe (changed: {', '.join(changed)}); "
                 "use another --run-dir or delete the folder"
             )
-    else:
-        dump_recipe(recipe, run.recipe, header=f"resolved from {recipe_name}")
     return run, recipe
 
 
 def run_stage(
     run: RunDir, recipe: Recipe, stage: str, progress: Progress | None = None
 ) -> tuple[dict, float]:
-    """Run one stage (even if done before), with status, events and timing; returns (stats, s)."""
+    """Run one stage (even if done before), with status, events and timing; returns (stats, s).
+
+    Under `mlx.launch`, a stage in SHARED_STAGES runs on every rank; any other only on the
+    ranks that write, while the others wait for it."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if not run.writer and stage not in SHARED_STAGES:
+        dist.barrier()
+        return {}, 0.0
     with run.lock():
         run.set_status(stage, "running")
         run.log_event("stage_start", stage=stage)
@@ -162,6 +200,7 @@ def run_stage(
         secs = time.perf_counter() - tic
         run.log_event("stage_end", stage=stage, seconds=round(secs, 2))
         run.set_status(stage, "done")
+    dist.barrier()  # its outputs and done marker are written before the next stage reads them
     return info, secs
 
 
@@ -172,7 +211,10 @@ def run_recipe(
     log: Callable[[str], None] = print,
     progress: Callable[[str], Progress | None] = lambda stage: None,
 ) -> RunDir:
-    """Run every stage not yet done, in order; `progress(stage)` gives a per-stage callback."""
+    """Run every stage not yet done, in order; `progress(stage)` gives a per-stage callback.
+    Under `mlx.launch` only rank 0 logs and shows progress."""
+    if dist.rank() != 0:
+        log, progress = (lambda text: None), (lambda stage: None)
     run, recipe = open_run(recipe_name, list(overrides), run_dir)
     if recipe.run.seeds:
         return run_study(run, recipe_name, list(overrides), recipe.run.seeds, log, progress)
@@ -180,7 +222,9 @@ def run_recipe(
     n = len(plan)
     with run.lock():
         for i, stage in enumerate(plan, 1):
-            if run.is_done(stage):
+            done = run.is_done(stage)
+            dist.same_on_every_rank(f"whether stage {stage} is done", done)
+            if done:
                 log(f"[{i}/{n}] {stage}: done already, skipped")
                 continue
             log(f"[{i}/{n}] {stage} ...")
@@ -213,6 +257,8 @@ def run_study(
                 log,
                 progress,
             )
+        if not run.writer:
+            return run
         result = compare([run.path / f"seed-{s}" for s in seeds])
         write_json_atomic(run.path / "compare.json", result)
         write_text_atomic(run.path / "compare.md", compare_markdown(result))

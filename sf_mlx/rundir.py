@@ -276,9 +276,13 @@ def _at(name: str) -> property:
 
 @dataclass(frozen=True)
 class RunDir:
-    """A run directory `runs/<name>/`: named paths plus done markers, events and status."""
+    """A run directory `runs/<name>/`: named paths plus done markers, events and status.
+
+    `writer=False`: a rank of a distributed run that reads what another rank writes; its
+    done markers, events, status and lock are left to that rank (sf_mlx/distributed.py)."""
 
     path: Path
+    writer: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -297,7 +301,7 @@ class RunDir:
     def lock(self):
         """Context manager: this process alone writes the run directory while it is held
         (`RunDirBusy` when another live process holds it)."""
-        return _run_lock(self.path)
+        return _run_lock(self.path) if self.writer else contextlib.nullcontext()
 
     def is_run(self) -> bool:
         return self.recipe.exists() or self.status.exists()
@@ -330,6 +334,8 @@ class RunDir:
         return self.done_dir / f"{stage}.json"
 
     def mark_done(self, stage: str, info: dict[str, Any] | None = None) -> None:
+        if not self.writer:
+            return
         write_json_atomic(
             self._done_path(stage), {"stage": stage, "time": time.time(), **(info or {})}
         )
@@ -342,14 +348,16 @@ class RunDir:
         return read_json(path) if path.exists() else None
 
     def clear_done(self, stage: str) -> None:
-        self._done_path(stage).unlink(missing_ok=True)
+        if self.writer:
+            self._done_path(stage).unlink(missing_ok=True)
 
     # events.jsonl: append-only rows {"time", "kind", ...}
     def log_event(self, kind: str, **fields: Any) -> dict[str, Any]:
         if kind not in EVENT_KINDS:
             raise ValueError(f"event kind {kind!r}; expected one of {list(EVENT_KINDS)}")
         row = {"time": time.time(), "kind": kind, **fields}
-        append_jsonl(self.events, [row])
+        if self.writer:
+            append_jsonl(self.events, [row])
         return row
 
     def log_metrics(self, stage: str, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -371,7 +379,7 @@ class RunDir:
         """Refresh status.json's `step` and `updated` for the running stage, at most once per
         `every` seconds, so a reader can tell a working stage from a hung one."""
         now = time.time()
-        if now - _LAST_BEAT.get(self.path, 0.0) < every:
+        if not self.writer or now - _LAST_BEAT.get(self.path, 0.0) < every:
             return
         status = self.read_status()
         if not status or status.get("stage") != stage or status.get("state") != "running":
@@ -391,6 +399,8 @@ class RunDir:
         if state not in STATES:
             raise ValueError(f"status state {state!r}; expected one of {list(STATES)}")
         row = {"stage": stage, "state": state, "step": step, **extra}
+        if not self.writer:
+            return
         write_json_atomic(self.status, {**row, "pid": os.getpid(), "updated": time.time()})
 
     def read_status(self) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sf_mlx import distributed as dist
 from sf_mlx.config import Recipe
 from sf_mlx.records import Problem, Rollout, Sample
 from sf_mlx.rundir import RunDir, append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -44,7 +45,9 @@ def run_star(run: RunDir, recipe: Recipe, progress=None) -> dict:
     if not rows:
         raise ValueError("STaR: the sample stage produced no correct samples to train on")
     star_dir = run.path / "star"
-    write_jsonl_atomic(star_dir / "train.jsonl", rows)
+    if run.writer:
+        write_jsonl_atomic(star_dir / "train.jsonl", rows)
+    dist.barrier()
     stats = train_sft(
         recipe.run.model,
         star_dir / "train.jsonl",
@@ -54,6 +57,7 @@ def run_star(run: RunDir, recipe: Recipe, progress=None) -> dict:
         recipe.run.seed,
         log_metrics=lambda step, m: run.log_metrics("star", step, m),
         progress=progress,
+        writer=run.writer,
     )
     run.mark_done("star", stats)
     return stats
@@ -114,11 +118,15 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
     if arm not in GRPO_ARMS:
         raise ValueError(f"unknown GRPO arm {arm!r}; expected one of {', '.join(GRPO_ARMS)}")
     cfg, stage, out = recipe.grpo, f"grpo/{arm}", run.grpo_dir(arm)
+    if run.writer:  # an SFT adapter is fused once, before any rank loads the result
+        starting_model(run, recipe, arm)
+    dist.barrier()
     start = starting_model(run, recipe, arm)
     model, tok, trains = load_policy(start, cfg, recipe.run.seed)
     problems = read_pool(run, "rl")
     history: list[dict] = []
-    print(
+    say = print if dist.rank() == 0 else (lambda *a: None)
+    say(
         f"{stage}: {cfg.steps} steps x {cfg.prompts_per_step} prompts x {cfg.group_size} "
         f"completions x <= {cfg.max_tokens} tokens, from {start}"
     )
@@ -126,7 +134,7 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
     def on_step(step: int, metrics: dict, batch) -> None:
         if not history:  # after the first step: what the whole run will cost
             secs = metrics["grpo/rollout_sec"] + metrics["grpo/update_sec"]
-            print(
+            say(
                 f"{stage}: first step {secs:.1f} s (rollout {metrics['grpo/rollout_sec']:.1f} s), "
                 f"peak memory {metrics['grpo/peak_memory_gb']:.2f} GB; "
                 f"projected {secs * (cfg.steps - step + 1) / 60:.1f} min for the remaining steps"
@@ -148,7 +156,8 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
             )
             for k, text in enumerate(batch.texts)
         ]
-        write_jsonl_atomic(run.rollouts_path(arm, step), rows)
+        if run.writer:
+            write_jsonl_atomic(run.rollouts_path(arm, step), rows)
         run.log_metrics(stage, step, metrics)
         history.append(metrics)
         run.log_progress(stage, step, cfg.steps)
@@ -164,7 +173,14 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
         out / "checkpoint",
         recipe.run.seed,
         on_step=on_step,
+        writer=run.writer,
     )
+    stats = {"arm": arm, "steps": steps, "start_model": start}
+    if history:
+        last = history[-1]
+        stats.update({k.split("/", 1)[1]: round(float(v), 4) for k, v in last.items()})
+    if not run.writer:
+        return stats
     if trains["fine_tune_type"] == "full":
         from sf_mlx.stages.sft import save_model_folder
 
@@ -174,10 +190,6 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
         save_adapters(model, out / "adapters", trains)
         record = {"start_model": start, "adapters": str(out / "adapters")}
     write_json_atomic(out / "model.json", record)
-    stats = {"arm": arm, "steps": steps, "start_model": start}
-    if history:
-        last = history[-1]
-        stats.update({k.split("/", 1)[1]: round(float(v), 4) for k, v in last.items()})
     append_jsonl(out / "summary.jsonl", [stats])
     run.mark_done(stage, stats)
     return stats

@@ -210,6 +210,10 @@ def _every(seconds: float, fn):
 
 
 def run_evaluate(run: RunDir, recipe: Recipe, progress=None) -> dict:
+    """Every (arm, task) cell not yet written, then the summary of all of them. On N ranks
+    (sf_mlx/distributed.py) rank k takes cells k, k + N, ... of the pending ones, each seeded
+    by its arm and task; the writer writes each round's cells as they come."""
+    from sf_mlx import distributed as dist
     from sf_mlx import model as model_io
     from sf_mlx.stages.generation import derive_seed
 
@@ -219,36 +223,57 @@ def run_evaluate(run: RunDir, recipe: Recipe, progress=None) -> dict:
     # progress counts answers (questions x samples_per_question), not cells: a cell of a large
     # run can take hours
     answers = {task: len(qs) * cfg.samples_per_question for task, qs in pools.items()}
-    total, done = len(cfg.arms) * sum(answers.values()), 0
-    summary: dict[str, dict] = {}
+    total = len(cfg.arms) * sum(answers.values())
+    cells = [(arm, task) for arm in cfg.arms for task in pools]
+
+    def path(cell: tuple[str, str]) -> Path:
+        return run.eval_dir / cell[0] / f"{cell[1]}.jsonl"
+
+    pending = [c for c in cells if not path(c).exists()]  # a finished cell is never redone
+    dist.same_on_every_rank("the evaluation cells already written", pending)
+    done = total - sum(answers[task] for _, task in pending)
 
     def report(n: int) -> None:
         run.log_progress(STAGE, n, total)
         if progress:
             progress(n, total, 0.0)
 
-    for arm in cfg.arms:
-        loaded = None  # the arm's (model, tokenizer), loaded when a cell is missing
-        for task in pools:
-            path = run.eval_dir / arm / f"{task}.jsonl"
-            if not path.exists():  # a finished cell is never generated again
-                loaded = loaded or model_io.load(*arm_model(run, recipe, arm))
-                rows = evaluate_cell(
-                    *loaded,
-                    arm,
-                    task,
-                    pools[task],
-                    cfg,
-                    derive_seed(seed, STAGE, arm, task),
-                    on_finished=_every(PROGRESS_SECONDS, lambda n, d=done: report(d + n)),
-                )
-                write_jsonl_atomic(path, rows)
-            results = read_jsonl(path, EvalResult)
+    report(done)
+    loaded: tuple[str, tuple] | None = None  # (arm, (model, tokenizer)) of the last cell
+    n_ranks = dist.size()
+    for first in range(0, len(pending), n_ranks):
+        round_ = pending[first : first + n_ranks]
+        rows: list = []
+        if dist.rank() < len(round_):
+            arm, task = round_[dist.rank()]
+            if loaded is None or loaded[0] != arm:
+                loaded = arm, model_io.load(*arm_model(run, recipe, arm))
+            within = _every(PROGRESS_SECONDS, lambda n, d=done: report(d + n))
+            rows = evaluate_cell(
+                *loaded[1],
+                arm,
+                task,
+                pools[task],
+                cfg,
+                derive_seed(seed, STAGE, arm, task),
+                on_finished=within if n_ranks == 1 else None,
+            )
+        per_cell = [rows]
+        if n_ranks > 1:
+            per_cell = dist.all_gather_objects([r.to_dict() for r in rows])[: len(round_)]
+        if run.writer:
+            for cell, cell_rows in zip(round_, per_cell, strict=True):
+                write_jsonl_atomic(path(cell), cell_rows)
+        done += sum(answers[task] for _, task in round_)
+        report(done)
+    dist.barrier()  # every cell is written before the summary reads them
+    if run.writer:
+        summary: dict[str, dict] = {}
+        for arm, task in cells:
+            results = read_jsonl(path((arm, task)), EvalResult)
             summary.setdefault(arm, {})[task] = summarize(results, problems, seed)
-            done += answers[task]
-            report(done)
-    write_json_atomic(run.eval_dir / "summary.json", summary)
-    run.mark_done(STAGE, {"cells": len(cfg.arms) * len(pools), "answers": total})
+        write_json_atomic(run.eval_dir / "summary.json", summary)
+    run.mark_done(STAGE, {"cells": len(cells), "answers": total})
     return {"arms": list(cfg.arms), "tasks": list(pools)}
 
 

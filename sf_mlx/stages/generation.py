@@ -55,30 +55,49 @@ def run_jobs(
     make_record: Callable[[Job, Any, int], Record],
     progress: Progress | None = None,
 ) -> int:
-    """Generate every job not yet in `out_path`; returns how many were generated now."""
+    """Generate every job not yet in `out_path`; returns how many were generated now.
+
+    Pending jobs are cut into batches of `batch_size`, each seeded by its first record's id. On
+    N ranks (sf_mlx/distributed.py) rank k takes batches k, k + N, ...; each round's records
+    are gathered and appended in batch order, so the file is the one a single rank writes."""
+    from sf_mlx import distributed as dist
     from sf_mlx import model as model_io
 
     done_ids = existing_ids(out_path, id_field)
+    dist.same_on_every_rank(f"the records in {out_path.name}", sorted(done_ids))
     pending = [j for j in jobs if j.record_id not in done_ids]
+    batches = [pending[s : s + batch_size] for s in range(0, len(pending), batch_size)]
     total, done = len(jobs), len(jobs) - len(pending)
     if progress:
         progress(done, total, 0.0)
-    for start in range(0, len(pending), batch_size):
-        batch = pending[start : start + batch_size]
-        batch_seed = derive_seed(seed, stage, batch[0].record_id)
-        tic = time.perf_counter()
-        prompts = [model_io.chat_prompt(tokenizer, j.prompt) for j in batch]
-        gens = model_io.generate(
-            model, tokenizer, prompts, params, seed=batch_seed, batch_size=batch_size
-        )
-        tps = sum(len(g.tokens) for g in gens) / max(time.perf_counter() - tic, 1e-9)
-        append_jsonl(
-            out_path, [make_record(j, g, batch_seed) for j, g in zip(batch, gens, strict=True)]
-        )
-        done += len(batch)
+    n_ranks = dist.size()
+    for first in range(0, len(batches), n_ranks):
+        round_ = batches[first : first + n_ranks]
+        records: list = []
+        tps = 0.0
+        if dist.rank() < len(round_):
+            batch = round_[dist.rank()]
+            batch_seed = derive_seed(seed, stage, batch[0].record_id)
+            tic = time.perf_counter()
+            prompts = [model_io.chat_prompt(tokenizer, j.prompt) for j in batch]
+            gens = model_io.generate(
+                model, tokenizer, prompts, params, seed=batch_seed, batch_size=batch_size
+            )
+            tps = sum(len(g.tokens) for g in gens) / max(time.perf_counter() - tic, 1e-9)
+            records = [make_record(j, g, batch_seed) for j, g in zip(batch, gens, strict=True)]
+        if n_ranks > 1:
+            records = [
+                row
+                for part in dist.all_gather_objects([r.to_dict() for r in records])
+                for row in part
+            ]
+        if run.writer:
+            append_jsonl(out_path, records)
+        done += sum(len(b) for b in round_)
         run.log_progress(stage, done, total)
         if progress:
             progress(done, total, tps)
+    dist.barrier()  # the writer has appended everything before anyone reads the file
     return len(pending)
 
 

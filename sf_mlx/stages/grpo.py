@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import mlx.core as mx
@@ -119,6 +119,11 @@ def skill_usage(texts: Sequence[str]) -> dict[str, float]:
 # --------------------------------------------------------------------------- the training loop
 
 
+def rollout_parts(n_groups: int, n_parts: int) -> list[list[int]]:
+    """Group indices of each seeded rollout part: `n_parts` contiguous runs of whole groups."""
+    return [[int(i) for i in part] for part in np.array_split(np.arange(n_groups), n_parts)]
+
+
 @dataclass(frozen=True)
 class RolloutBatch:
     """One step's B x G completions, flattened group-major (group g owns rows g*G .. g*G+G-1)."""
@@ -146,6 +151,7 @@ def collect_rollouts(
     step: int,
 ) -> RolloutBatch:
     """Sample G completions for each chosen problem and score them (steps 2-4 above)."""
+    from sf_mlx import distributed as dist
     from sf_mlx import model as model_io
     from sf_mlx.stages.generation import derive_seed
 
@@ -153,14 +159,27 @@ def collect_rollouts(
     prompt_ids = [model_io.chat_prompt(tokenizer, prompts_text(problems[i])) for i in idx]
     flat_prompts = [p for p in prompt_ids for _ in range(g)]
     params = model_io.SamplingParams(cfg.max_tokens, cfg.temperature, 1.0, 0, 1.0)
-    gens = model_io.generate(
-        model,
-        tokenizer,
-        flat_prompts,
-        params,
-        seed=derive_seed(seed, "grpo", step),
-        batch_size=cfg.rollout_batch or len(flat_prompts),
-    )
+    parts = rollout_parts(len(idx), cfg.rollout_split)
+
+    def sample_part(j: int) -> list:
+        rows = [gi * g + k for gi in parts[j] for k in range(g)]
+        # one part keeps the seed a step has always had
+        part_seed = derive_seed(seed, "grpo", step, *([j] if len(parts) > 1 else []))
+        return model_io.generate(
+            model,
+            tokenizer,
+            [flat_prompts[r] for r in rows],
+            params,
+            seed=part_seed,
+            batch_size=cfg.rollout_batch or len(rows),
+        )
+
+    if dist.size() == 1:
+        gens = [x for j in range(len(parts)) for x in sample_part(j)]
+    else:  # rank k samples parts k, k + N, ...; every rank gets all of them, in part order
+        mine = {j: [asdict(x) for x in sample_part(j)] for j in dist.my_share(len(parts))}
+        by_part = {int(j): v for got in dist.all_gather_objects(mine) for j, v in got.items()}
+        gens = [model_io.Generation(**x) for j in range(len(parts)) for x in by_part[j]]
     completions, logprobs, truncated, rewards = [], [], [], []
     for k, gen in enumerate(gens):
         stopped = gen.stop_token is not None
@@ -204,9 +223,10 @@ class MicroBatch:
 class MiniBatch:
     """One optimizer update: its micro-batches and the variant's normaliser over all its rows."""
 
-    micro: list[MicroBatch]
+    micro: list[MicroBatch]  # this rank's share of them (all of them on one rank)
     normaliser: int
     loss_tokens: int  # completion tokens in the loss (the denominator of clip fraction and KL)
+    moving_rows: int  # rows in the forward/backward passes, over all ranks
 
 
 def minibatch_rows(n_groups: int, group_size: int, minibatch_prompts: int) -> list[list[int]]:
@@ -226,7 +246,10 @@ def plan_update(
 ) -> list[MiniBatch]:
     """Mini-batches of `minibatch_prompts` groups, each cut into micro-batches of the rows that
     change the gradient; logp_old and the reference computed here, once per step, if needed.
-    `reference(model)`: a context in which the model is the KL reference policy."""
+    `reference(model)`: a context in which the model is the KL reference policy. On N ranks,
+    rank k keeps micro-batches k, k + N, ... of each mini-batch."""
+    from sf_mlx import distributed as dist
+
     variant = VARIANTS[cfg.variant]
     adv = batch.advantages.reshape(-1)  # (N,)
     minibatches = minibatch_rows(len(batch.problem_idx), cfg.group_size, cfg.minibatch_prompts)
@@ -238,7 +261,8 @@ def plan_update(
         moving = in_loss if cfg.beta else [r for r in in_loss if adv[r] != 0]
         lengths = [len(batch.prompts[r]) + len(batch.completions[r]) for r in moving]
         micro = []
-        for part in plan_microbatches(lengths, cfg.microbatch_tokens):
+        parts = plan_microbatches(lengths, cfg.microbatch_tokens)
+        for part in [parts[k] for k in dist.my_share(len(parts))]:
             mrows = [moving[i] for i in part]
             tokens, mask = pad_sequences(
                 [batch.prompts[r] for r in mrows],
@@ -267,7 +291,7 @@ def plan_update(
                 )
             )
         normaliser = max(1, variant.normaliser(len(in_loss), n_tokens, cfg.max_tokens))
-        plan.append(MiniBatch(micro, normaliser, n_tokens))
+        plan.append(MiniBatch(micro, normaliser, n_tokens, len(moving)))
     return plan
 
 
@@ -316,6 +340,8 @@ def policy_update(
     """Step 5: plan the mini-batches, then `mu` passes of one optimizer update per mini-batch."""
     from mlx.optimizers import clip_grad_norm
 
+    from sf_mlx import distributed as dist
+
     plan = plan_update(model, batch, pad_id, cfg, reference)
     sums = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "grad_norm": 0.0}
     gaps: list[float] = []
@@ -323,6 +349,10 @@ def policy_update(
     for pass_ in range(cfg.mu):
         for mini in plan:
             grads, stats, logps = minibatch_gradient(model, mini, cfg)
+            if dist.size() > 1:  # every rank's micro-batches: one gradient, one update
+                grads = dist.sum_gradients(grads)
+                summed = mx.distributed.all_sum(mx.stack(list(stats.values())), group=dist.group())
+                stats = {k: summed[i] for i, k in enumerate(stats)}
             grads, norm = clip_grad_norm(grads, 1.0)
             mx.eval(grads, norm)
             loss = stats["loss"].item()
@@ -341,8 +371,8 @@ def policy_update(
                 sums[k] += v
             n_updates += 1
     out = {k: v / max(1, n_updates) for k, v in sums.items()}
-    out["logprob_gap"] = float(max(gaps)) if gaps else 0.0
-    out["rows_in_gradient"] = sum(len(mb.rows) for mini in plan for mb in mini.micro)
+    out["logprob_gap"] = dist.max_scalar(float(max(gaps)) if gaps else 0.0)
+    out["rows_in_gradient"] = sum(mini.moving_rows for mini in plan)
     return out
 
 
@@ -410,6 +440,7 @@ def train_grpo(
     prompt_fn: Callable[[object], str] = lambda p: p.question,
     on_step: StepHook | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    writer: bool = True,
 ) -> int:
     """Run GRPO steps until `cfg.steps` (resuming from `ckpt_dir` if a checkpoint is there).
 
@@ -417,11 +448,14 @@ def train_grpo(
     `should_stop()` saves a checkpoint and returns; Ctrl-C puts back the weights and optimizer
     state of the last completed step (an update may have been half applied), saves them and
     re-raises; a non-finite loss or gradient raises FloatingPointError before it is applied.
+    `writer=False`: a rank of a distributed run that leaves checkpoints to another.
     """
     import time
     from pathlib import Path
 
     import mlx.optimizers as optim
+
+    from sf_mlx import distributed as dist
 
     ckpt = Path(ckpt_dir)
     optimizer = optim.AdamW(learning_rate=cfg.learning_rate, weight_decay=0.0)
@@ -432,6 +466,12 @@ def train_grpo(
     step = 0
     if (ckpt / "state.json").exists():
         step = load_checkpoint(ckpt, model, optimizer)
+    dist.same_on_every_rank(f"the step of {ckpt}", step)
+
+    def save(step: int) -> None:
+        if writer:
+            save_checkpoint(ckpt, model, optimizer, step)
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def snapshot():  # arrays are immutable: holding the leaves keeps this state
@@ -443,6 +483,7 @@ def train_grpo(
     try:
         while step < cfg.steps:
             mx.reset_peak_memory()
+            sent = dist.traffic_bytes()
             tic = time.perf_counter()
             idx = batch_problem_indices(len(problems), cfg.prompts_per_step, step, seed)
             batch = collect_rollouts(
@@ -453,21 +494,24 @@ def train_grpo(
             t_upd = time.perf_counter() - tic - t_roll
             step, done = step + 1, snapshot()
             if on_step:
-                on_step(step, step_metrics(batch, upd, t_roll, t_upd), batch)
+                comm = dist.traffic_bytes() - sent
+                on_step(step, step_metrics(batch, upd, t_roll, t_upd, comm), batch)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or should_stop():
-                save_checkpoint(ckpt, model, optimizer, step)
+                save(step)
             if should_stop():
                 break
     except KeyboardInterrupt:  # the step in flight is dropped; everything before it is kept
         params, opt_state = done
         model.update(params)
         optimizer.state = opt_state
-        save_checkpoint(ckpt, model, optimizer, step)
+        save(step)
         raise
     return step
 
 
-def step_metrics(batch: RolloutBatch, upd: dict, t_roll: float, t_upd: float) -> dict:
+def step_metrics(
+    batch: RolloutBatch, upd: dict, t_roll: float, t_upd: float, comm_bytes: int = 0
+) -> dict:
     """The namespaced per-step metrics (names declared in sf_mlx/metrics.py)."""
     r = batch.rewards
     lengths = np.array([len(c) for c in batch.completions])
@@ -495,4 +539,5 @@ def step_metrics(batch: RolloutBatch, upd: dict, t_roll: float, t_upd: float) ->
         "grpo/rows_in_gradient": upd["rows_in_gradient"],
         "grpo/rollout_sec": t_roll,
         "grpo/update_sec": t_upd,
+        "grpo/comm_mb": comm_bytes / 1e6,
     }

@@ -129,6 +129,19 @@ def batch_for_step(n_batches: int, step: int, seed: int) -> int:
     return int(np.random.default_rng([seed, epoch]).permutation(n_batches)[k])
 
 
+def rank_rows(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's rows of a batch (rows k, k + N, ... on rank k of N); a rank left without a
+    row gets the first one with no target, so it adds nothing to the loss or the gradient."""
+    from sf_mlx import distributed as dist
+
+    if dist.size() == 1:
+        return tokens, mask
+    rows = dist.my_share(len(tokens))
+    if not rows:
+        return tokens[:1], np.zeros_like(mask[:1])
+    return tokens[rows], mask[rows]
+
+
 # --- training ------------------------------------------------------------------------------------
 
 
@@ -251,6 +264,11 @@ def train(
     learn at that rate instead (`TagRows`)."""
     if not train_batches:
         raise ValueError("no training batches: the training file has no usable rows")
+    from mlx.utils import tree_map
+
+    from sf_mlx import distributed as dist
+
+    n_ranks = dist.size()
     log = log_metrics or (lambda step, metrics: None)
     mx.random.seed(seed)  # dropout
     opt = make_optimizer(cfg)
@@ -263,6 +281,12 @@ def train(
 
     def step_fn(tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
         (loss, n), grads = loss_and_grad(model, tokens, mask)  # scalar, scalar
+        if n_ranks > 1:  # this rank's rows: the token-weighted mean over every rank's tokens
+            total = mx.distributed.all_sum(n, group=dist.group())
+            weight = n / mx.maximum(total, 1)
+            grads = dist.sum_gradients(tree_map(lambda g: g * weight, grads))
+            loss = mx.distributed.all_sum(loss * weight, group=dist.group())
+            n = total
         grads, _ = optim.clip_grad_norm(grads, GRAD_CLIP)
         if tags:
             grads, tag_grads = tags.split(grads)
@@ -278,7 +302,7 @@ def train(
     valid_loss = None
     train_tokens, train_secs = 0, 0.0
     for step in range(1, cfg.iters + 1):
-        tokens, mask = train_batches[batch_for_step(len(train_batches), step - 1, seed)]
+        tokens, mask = rank_rows(*train_batches[batch_for_step(len(train_batches), step - 1, seed)])
         tic = time.perf_counter()
         loss, n = compiled(mx.array(tokens), mx.array(mask))  # (B, T) each in
         mx.eval(state, loss, n)
@@ -401,8 +425,10 @@ def train_sft(
     seed: int,
     log_metrics: LogMetrics | None = None,
     progress: Progress | None = None,
+    writer: bool = True,
 ) -> dict[str, Any]:
-    """Fine-tune `model_path` on a chat JSONL; saves the adapter (or full model) in `out_dir`."""
+    """Fine-tune `model_path` on a chat JSONL; saves the adapter (or full model) in `out_dir`
+    (`writer=False`: a rank of a distributed run that leaves saving to another)."""
     from sf_mlx import model as model_io
 
     tic = time.perf_counter()
@@ -445,7 +471,7 @@ def train_sft(
         seed,
         log_metrics,
         progress,
-        save,
+        save if writer else None,
         tag_ids=tag_token_ids(tokenizer),
     )
     return {
@@ -486,7 +512,9 @@ def run_sft(run: RunDir, recipe: Recipe, progress: Progress | None = None) -> di
         recipe.run.seed,
         log_metrics=lambda step, metrics: run.log_metrics(STAGE, step, metrics),
         progress=on_progress,
+        writer=run.writer,
     )
-    write_json_atomic(run.sft_dir / "sft_stats.json", stats)
+    if run.writer:
+        write_json_atomic(run.sft_dir / "sft_stats.json", stats)
     run.mark_done(STAGE, stats)
     return stats
