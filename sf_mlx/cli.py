@@ -176,6 +176,32 @@ def bench_grpo(
         fail(str(e).splitlines()[0])
 
 
+@bench_app.command("distributed")
+def bench_distributed(
+    recipe: Annotated[str, typer.Option(help="Recipe whose grpo/rl_only stage is timed.")] = (
+        "countdown-small"
+    ),
+    ranks: Annotated[int, typer.Option(help="Local ranks compared with one.")] = 2,
+    steps: Annotated[int, typer.Option(help="GRPO steps per run.")] = 3,
+    keep: Annotated[
+        Path | None, typer.Option(help="Keep the run directories in this folder.")
+    ] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override a recipe key (repeatable).")
+    ] = [],  # noqa: B006 - typer reads list defaults
+) -> None:
+    """A GRPO stage on 1 rank vs N local ranks (mlx.launch, ring): time, traffic, weights."""
+    from sf_mlx.bench_distributed import bench_distributed as run
+    from sf_mlx.model import ModelLoadError
+
+    if ranks < 2 or steps < 1:
+        fail("--ranks: expected at least 2; --steps: at least 1")
+    try:
+        run(recipe, ranks, steps, set_, keep)
+    except (ValueError, RuntimeError, ModelLoadError) as e:
+        fail(str(e).splitlines()[0])
+
+
 @bench_app.command("memory")
 def bench_memory(
     rows: Annotated[int, typer.Option(help="Rows of the log-prob pass.")] = 8,
