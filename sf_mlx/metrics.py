@@ -136,6 +136,16 @@ def stage_metrics(stage: str) -> list[Metric]:
     return [m for m in METRICS if m.name.split("/", 1)[0] == stage]
 
 
+def add_point(points: list[tuple[int, float]], step: int, value: float) -> None:
+    """Append (step, value) to a metric's series in log order. A step at or before the last
+    one means the stage went back (a restarted SFT, a GRPO stage resumed from an earlier
+    checkpoint): the points of the abandoned attempt from that step on are dropped, so a series
+    holds each step once, from the attempt that finished it."""
+    while points and points[-1][0] >= step:
+        points.pop()
+    points.append((step, value))
+
+
 def smooth(ys: list[float], weight: float) -> list[float]:
     """Exponential moving average (TensorBoard's smoothing), debiased so the first point is kept:
     `weight` 0 returns the series unchanged."""

@@ -20,3 +20,12 @@ def tiny_model_dir(tmp_path_factory):
         log=lambda _: None,
         measure_behaviour=False,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """`countdown-tiny` run end to end on the shipped small base (about a minute)."""
+    from sf_mlx.pipeline import run_recipe
+
+    run_dir = tmp_path_factory.mktemp("e2e") / "countdown-tiny"
+    return run_recipe("countdown-tiny", run_dir=run_dir, log=lambda _: None)

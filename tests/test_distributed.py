@@ -24,13 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sf_mlx.pipeline import open_run, run_recipe, run_stage
+from sf_mlx.pipeline import open_run, run_stage
 from sf_mlx.records import EvalResult, Reflection, Sample
 from sf_mlx.rundir import read_jsonl
 
 pytestmark = pytest.mark.slow
-
-SPLIT = ["grpo.rollout_split=2"]  # the rollout parts two ranks share (same on 1 rank)
 
 
 def _free_port() -> int:
@@ -119,18 +117,16 @@ def test_collectives_on_two_ranks(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory):
-    """countdown-tiny (rollouts in 2 parts) on 1 rank in this process and on 2 ranks."""
+def tiny_runs(tiny_run, tmp_path_factory):
+    """countdown-tiny (its rollouts in 2 parts) on 1 rank (conftest) and on 2 ranks."""
     root = tmp_path_factory.mktemp("dist")
-    one = run_recipe("countdown-tiny", SPLIT, run_dir=root / "one", log=lambda _: None).path
     code, log = launch(
-        [sys.executable, "-m", "sf_mlx.cli", "recipe", "countdown-tiny", "--run-dir", "two"]
-        + [a for o in SPLIT for a in ("--set", o)],
+        [sys.executable, "-m", "sf_mlx.cli", "recipe", "countdown-tiny", "--run-dir", "two"],
         root,
         timeout=900,
     )
     assert code == 0, log[-3000:]
-    return one, root / "two", log
+    return tiny_run.path, root / "two", log
 
 
 def _rows(path: Path, cls) -> list[dict]:
@@ -210,8 +206,7 @@ def _rank_pid(group: int, rank: int) -> int:
 def test_a_rank_killed_mid_stage_leaves_a_run_one_rank_finishes(tmp_path):
     proc = launch(
         [sys.executable, "-m", "sf_mlx.cli", "recipe", "countdown-tiny", "--run-dir", "run"]
-        + ["--set", "sample.batch_size=4"]
-        + [a for o in SPLIT for a in ("--set", o)],
+        + ["--set", "sample.batch_size=4"],
         tmp_path,
         timeout=0,
         wait=False,
@@ -236,7 +231,7 @@ def test_a_rank_killed_mid_stage_leaves_a_run_one_rank_finishes(tmp_path):
         time.sleep(0.05)
     n_before = samples.read_bytes().count(b"\n")
     assert 0 < n_before < 64, "the kill did not land inside the sample stage"
-    run, recipe = open_run("countdown-tiny", ["sample.batch_size=4", *SPLIT], tmp_path / "run")
+    run, recipe = open_run("countdown-tiny", ["sample.batch_size=4"], tmp_path / "run")
     run_stage(run, recipe, "sample")  # the stage the kill interrupted, on one rank
     rows = read_jsonl(run.samples, Sample)
     assert len(rows) == len({r.sample_id for r in rows}) == 64

@@ -9,19 +9,12 @@ from collections import defaultdict
 
 import pytest
 
-from sf_mlx.pipeline import run_recipe, stage_plan
+from sf_mlx.pipeline import stage_plan
 from sf_mlx.records import EvalResult, Problem, Reflection, Rollout, Sample, Trace
 from sf_mlx.rundir import read_json, read_jsonl
 from sf_mlx.tasks import grade
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("e2e") / "countdown-tiny"
-    run = run_recipe("countdown-tiny", run_dir=run_dir, log=lambda _: None)
-    return run
 
 
 def test_every_stage_done_with_real_data(tiny_run):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sf_mlx.metrics import is_metric, metric
+from sf_mlx.metrics import add_point, is_metric, metric
 from sf_mlx.rundir import JsonlTail, RunDir
 
 # The pipeline's stage order (sf_mlx.pipeline.STAGES, which the TUI may not import).
@@ -354,7 +354,7 @@ class RunWatch:
             per_stage = self._series.setdefault(stage, {})
             for k, v in row.items():
                 if k not in _NON_METRIC and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    per_stage.setdefault(k, []).append((step, float(v)))
+                    add_point(per_stage.setdefault(k, []), step, float(v))
         if kind != "progress":
             self._log.append(format_event(row))
             self._log_total += 1

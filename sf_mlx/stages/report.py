@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sf_mlx.config import Recipe
+from sf_mlx.metrics import add_point
 from sf_mlx.rundir import RunDir, write_text_atomic
 from sf_mlx.stages.evaluate import load_summary
 
@@ -116,7 +117,7 @@ def _metric_series(run: RunDir) -> dict[str, dict[str, list[tuple[int, float]]]]
     for e in run.read_events("metric"):
         for k, v in e.items():
             if "/" in k and isinstance(v, (int, float)):
-                series[e["stage"]][k].append((e["step"], float(v)))
+                add_point(series[e["stage"]][k], e["step"], float(v))
     return series
 
 
