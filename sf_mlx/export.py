@@ -15,7 +15,7 @@ from typing import Any
 
 from sf_mlx.prompts import parse_verdict
 from sf_mlx.records import Problem, Reflection, Sample, Trace
-from sf_mlx.traces import render_trace
+from sf_mlx.traces import render_trace, trace_pairs
 
 # Released RAW column names (the released script's defaults). Some exports spell the eval
 # columns with one underscore; both are read, the double-underscore form is written.
@@ -61,7 +61,14 @@ def to_sharegpt(trace: Trace, from_value: bool = False) -> dict[str, Any]:
         conv = [{"from": f, "value": text} for _, f, text in turns]
     else:
         conv = [{"role": r, "content": text} for r, _, text in turns]
-    return {"conversations": conv, "sft_template_type_idx": trace.format}
+    return {"conversations": conv, "sft_template_type_idx": template_tag(trace)}
+
+
+def template_tag(trace: Trace) -> str:
+    """The released data's `sft_template_type_idx`: `*C_full` traces are tagged by their number
+    of attempts, "1C" .. "5C" (the released script names each N of its loop so); other formats
+    by their own name."""
+    return f"{trace_pairs(trace)}C" if trace.format == "*C_full" else trace.format
 
 
 # --- released RAW schema --------------------------------------------------------------------------

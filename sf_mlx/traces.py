@@ -37,7 +37,9 @@ earlier pairs), the phrase pools are our own with no fused entries, no format cr
 question lacks wrong (or correct) pairs, N never exceeds the pairs available, each sample is shown
 with one fixed reflection (see `make_pairs`) instead of a fresh draw per use, and `*C*IC` keeps
 its backtrack phrase inside `<think>` and re-states only the earlier answer (the released script
-repeats the whole earlier attempt after `</think>`).
+repeats the whole earlier attempt after `</think>`), and `*CC` keeps its confirm phrase inside
+`<think>` (the released script writes it after `</think>`). README: "Where sf-mlx departs from
+the released code".
 """
 
 from __future__ import annotations

@@ -305,10 +305,12 @@ def test_import_rearrange_export(imported_run: Path, tmp_path: Path):
     assert len(shared) == 1 and str(shared[0]) in result.stdout
     rows = read_jsonl(shared[0])
     assert len(rows) == len(traces)
-    for row in rows:
+    for row, trace in zip(rows, traces, strict=True):
         assert [t["role"] for t in row["conversations"]] == ["user", "assistant"]
         assert row["conversations"][1]["content"].startswith("<think>")
-        assert row["sft_template_type_idx"] == "*C_full"
+        # the released data's tag for a `*C_full` trace of N attempts: "NC"
+        n = sum(seg["kind"] == "sample" for seg in trace["segments"])
+        assert row["sft_template_type_idx"] == f"{n}C"
 
     result = invoke("export", "--run-dir", run, "--out", out, "--what", "traces", "--format", "hf")
     assert result.exit_code == 0, result.output
