@@ -231,10 +231,13 @@ def import_run(
     path: str | os.PathLike[str], run_dir: str | os.PathLike[str], recipe_name: str, task: str
 ) -> dict[str, int]:
     """Start a run from released raw data: problems, samples and reflections written and marked
-    done, so `sf-mlx stage rearrange` builds traces from the paper's own samples."""
+    done, so `sf-mlx stage rearrange` builds traces from the paper's own samples. The imported
+    questions are the SFT pool; the RL and evaluation pools are the recipe's own, less any
+    imported question, so the run goes on through GRPO and evaluation."""
 
     from sf_mlx.config import dump_recipe, load_recipe
     from sf_mlx.rundir import RunDir, write_jsonl_atomic
+    from sf_mlx.stages.problems import eval_pools, training_pools
 
     problems, samples, reflections = import_released_raw(path, task=task)
     run = RunDir(Path(run_dir)).create()
@@ -242,10 +245,20 @@ def import_run(
         raise ValueError(f"{run.path} already has samples.jsonl; import into a new run directory")
     if not run.recipe.exists():
         dump_recipe(load_recipe(recipe_name), run.recipe, header=f"imported from {path}")
-    write_jsonl_atomic(run.problems, problems)
+    recipe = load_recipe(str(run.recipe))
+    imported = {p.question for p in problems}
+    rl = [p for p in training_pools(recipe)[1] if p.question not in imported]
+    evals = [p for p in eval_pools(recipe) if p.question not in imported]
+    write_jsonl_atomic(run.problems, problems + rl + evals)
     write_jsonl_atomic(run.samples, samples)
     write_jsonl_atomic(run.reflections, reflections)
-    counts = {"problems": len(problems), "samples": len(samples), "reflections": len(reflections)}
+    counts = {
+        "problems": len(problems),
+        "samples": len(samples),
+        "reflections": len(reflections),
+        "rl_problems": len(rl),
+        "eval_problems": len(evals),
+    }
     for stage in ("problems", "sample", "reflect"):
         run.mark_done(stage, {"imported_from": str(path), **counts})
     return counts

@@ -285,6 +285,19 @@ def imported_run(tmp_path: Path) -> Path:
 def test_import_rearrange_export(imported_run: Path, tmp_path: Path):
     run = imported_run
     assert len(read_jsonl(run / "samples.jsonl")) == 7
+    # the imported questions are the SFT pool; RL and evaluation pools come from the recipe
+    from sf_mlx.config import load_recipe
+
+    recipe = load_recipe(str(run / "recipe.yaml"))
+    splits = [p["split"] for p in read_jsonl(run / "problems.jsonl")]
+    sft_questions = {
+        p["question"] for p in read_jsonl(run / "problems.jsonl") if p["split"] == "sft"
+    }
+    assert splits.count("rl") == recipe.problems.n_rl
+    assert {s for s in splits if s.startswith("eval/")} == {
+        f"eval/countdown-{k}" for k in recipe.problems.eval_num_args
+    } | {f"eval/{t}" for t in recipe.problems.ood_tasks}
+    assert all(p["question"] not in sft_questions for p in pools if p["split"] != "sft")
     result = invoke("stage", "rearrange", "--run-dir", run)
     assert result.exit_code == 0, result.output
 
