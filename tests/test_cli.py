@@ -289,10 +289,9 @@ def test_import_rearrange_export(imported_run: Path, tmp_path: Path):
     from sf_mlx.config import load_recipe
 
     recipe = load_recipe(str(run / "recipe.yaml"))
-    splits = [p["split"] for p in read_jsonl(run / "problems.jsonl")]
-    sft_questions = {
-        p["question"] for p in read_jsonl(run / "problems.jsonl") if p["split"] == "sft"
-    }
+    pools = read_jsonl(run / "problems.jsonl")
+    splits = [p["split"] for p in pools]
+    sft_questions = {p["question"] for p in pools if p["split"] == "sft"}
     assert splits.count("rl") == recipe.problems.n_rl
     assert {s for s in splits if s.startswith("eval/")} == {
         f"eval/countdown-{k}" for k in recipe.problems.eval_num_args
