@@ -3,6 +3,7 @@ them against the field's allowed values and lower bound; every error is one line
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from typing import Any
@@ -66,7 +67,11 @@ def cast_value(key: str, value: Any, tp: Any) -> Any:
 
 def validate(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
     choices, low = meta.get("choices"), meta.get("min")
+    if isinstance(value, tuple) and choices is not None and not value:
+        raise ValueError(f"{key} is empty; expected one or more of {', '.join(map(str, choices))}")
     for v in value if isinstance(value, tuple) else (value,):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{key}={v!r}; expected a finite number")
         if choices is not None and v not in choices:
             raise ValueError(f"{key}={v!r}; expected one of {', '.join(map(str, choices))}")
         if low is not None and v < low:

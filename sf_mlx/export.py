@@ -77,14 +77,29 @@ def template_tag(trace: Trace) -> str:
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: invalid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+        return rows
     if suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict):  # column-oriented {column: [values]}
             cols = list(data)
             return [dict(zip(cols, vals, strict=True)) for vals in zip(*data.values(), strict=True)]
-        return list(data)
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ValueError(
+                f"{path}: expected a list of rows or a mapping of columns, got "
+                f"{type(data).__name__}"
+            )
+        return data
     if suffix == ".parquet":
         import pyarrow.parquet as pq  # comes with datasets
 
@@ -238,7 +253,9 @@ def import_run(
     from sf_mlx.config import dump_recipe, load_recipe
     from sf_mlx.rundir import RunDir, write_jsonl_atomic
     from sf_mlx.stages.problems import eval_pools, training_pools
+    from sf_mlx.tasks import get_task
 
+    get_task(task)  # an unknown task name is one line, before anything is written
     problems, samples, reflections = import_released_raw(path, task=task)
     run = RunDir(Path(run_dir)).create()
     if run.samples.exists():

@@ -426,3 +426,25 @@ def test_a_built_wheel_finds_the_recipes_outside_the_source_tree(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "format: no_order" in out.stdout and "epochs: 2" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("5", "expected a list of rows or a mapping of columns, got int"),
+        ('["a"]', "expected a list of rows or a mapping of columns, got list"),
+    ],
+)
+def test_import_raw_of_a_non_table_json_is_one_line(tmp_path: Path, content: str, message: str):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    result = invoke("import-raw", bad, "--run-dir", tmp_path / "run")
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "samples.jsonl").exists()
+
+
+def test_import_raw_of_an_unknown_task_is_refused_before_writing(tmp_path: Path):
+    result = invoke("import-raw", FIXTURE, "--run-dir", tmp_path / "run", "--task", "nope")
+    assert result.exit_code == 2 and "unknown task 'nope'" in result.output
+    assert not (tmp_path / "run").exists()

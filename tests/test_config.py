@@ -115,6 +115,10 @@ def test_overrides_apply_on_top_of_yaml(recipes):
         ("sample.variants=original,odd", "sample.variants='odd'"),
         ("sft.iters=0", "sft.iters=0; must be >= 1"),
         ("sft.iters", "not section.key=value"),
+        ("sft.learning_rate=nan", "sft.learning_rate=nan; expected a finite number"),
+        ("grpo.learning_rate=inf", "grpo.learning_rate=inf; expected a finite number"),
+        ("sample.variants=[]", "sample.variants is empty; expected one or more of original"),
+        ("evaluate.arms=[]", "evaluate.arms is empty"),
     ],
 )
 def test_bad_overrides_give_one_clear_line(override, message):
