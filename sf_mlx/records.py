@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 R = TypeVar("R", bound="Record")
 
 
 class Record:
-    """Mixin: dict round trip that ignores nothing silently (unknown keys are an error)."""
+    """Mixin: dict round trip that ignores nothing silently (unknown keys are an error).
+    `ID_FIELD`: the field no two records of one file share (None: no such field)."""
+
+    ID_FIELD: ClassVar[str | None] = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[arg-type]
@@ -33,6 +36,8 @@ class Record:
 @dataclass(frozen=True)
 class Problem(Record):
     """One task instance. `question` is the plain question (the SFT / RL user turn)."""
+
+    ID_FIELD: ClassVar[str | None] = "problem_id"
 
     problem_id: str  # stable, e.g. "countdown-3/s0/00017"
     task: str  # task name from sf_mlx.tasks, e.g. "countdown", "multiplication"
@@ -59,6 +64,8 @@ def _check_choice(cls: type, name: str, value: Any, allowed: tuple[Any, ...]) ->
 class Sample(Record):
     """One attempt by the model at a problem under one prompt variant, graded by the checker."""
 
+    ID_FIELD: ClassVar[str | None] = "sample_id"
+
     sample_id: str  # e.g. "countdown-3/s0/00017/original/0"
     problem_id: str
     variant: str  # prompt variant, one of VARIANTS (not enforced: ablations may add their own)
@@ -77,6 +84,8 @@ class Sample(Record):
 @dataclass(frozen=True)
 class Reflection(Record):
     """The model's check of one sample, ending in <verdict>Correct/Incorrect</verdict>."""
+
+    ID_FIELD: ClassVar[str | None] = "reflection_id"
 
     reflection_id: str  # e.g. sample_id + "/r0"
     sample_id: str
@@ -109,6 +118,8 @@ class Segment(Record):
 @dataclass(frozen=True)
 class Trace(Record):
     """A silver trace: samples, reflections and glue phrases arranged to end correct."""
+
+    ID_FIELD: ClassVar[str | None] = "trace_id"
 
     trace_id: str
     problem_id: str

@@ -126,13 +126,22 @@ def _parse(path: Path, lineno: int, line: bytes) -> dict[str, Any]:
 
 
 def iter_jsonl(
-    path: str | os.PathLike[str], record_type: type[Record] | None = None
+    path: str | os.PathLike[str], record_type: type[Record] | None = None, complete: bool = False
 ) -> Iterator[Any]:
-    """Yield each complete line of `path` as a dict (or `record_type`); skips a partial tail."""
+    """Yield each complete line of `path` as a dict (or `record_type`); skips a partial tail,
+    which `complete=True` (a finished file: another stage's output) reports instead. Records
+    with an `ID_FIELD` must not repeat an id."""
     path = Path(path)
+    id_field = record_type.ID_FIELD if record_type is not None else None
+    seen: dict[Any, int] = {}
     with path.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.endswith(b"\n"):
+                if complete:
+                    raise ValueError(
+                        f"{path}:{lineno}: the last line is cut off (no newline): the file was "
+                        "damaged after it was written; restore it or rerun the stage that wrote it"
+                    )
                 return  # a trailing line still being written
             if not line.strip():
                 continue
@@ -140,6 +149,13 @@ def iter_jsonl(
             if record_type is None:
                 yield row
                 continue
+            if id_field is not None and isinstance(row, dict) and id_field in row:
+                first = seen.setdefault(row[id_field], lineno)
+                if first != lineno:
+                    raise ValueError(
+                        f"{path}:{lineno}: {id_field} {row[id_field]!r} is also on line {first}: "
+                        "the file holds a record twice"
+                    )
             try:
                 yield record_type.from_dict(row)
             except (TypeError, ValueError) as e:
@@ -150,11 +166,13 @@ def read_jsonl(
     path: str | os.PathLike[str],
     record_type: type[Record] | None = None,
     missing_ok: bool = False,
+    complete: bool = False,
 ) -> list[Any]:
-    """All complete rows of `path`; `missing_ok` turns a missing file into []."""
+    """All complete rows of `path`; `missing_ok` turns a missing file into []; `complete`: see
+    `iter_jsonl`."""
     if missing_ok and not Path(path).exists():
         return []
-    return list(iter_jsonl(path, record_type))
+    return list(iter_jsonl(path, record_type, complete))
 
 
 class JsonlTail:

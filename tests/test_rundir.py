@@ -281,3 +281,23 @@ def test_progress_and_metrics_keep_the_status_step_and_time_current(tmp_path):
     run.set_status("sample", "done")
     run.heartbeat("sample", 8, every=0.0)  # a finished stage stays as it ended
     assert run.read_status()["state"] == "done" and run.read_status()["step"] is None
+
+
+def test_a_finished_file_with_a_cut_last_line_or_a_repeated_record_is_an_error(tmp_path):
+    rows = [
+        Sample(f"p/original/{i}", "p", "original", i, "r", None, False, 1, "stop", 0)
+        for i in range(3)
+    ]
+    path = tmp_path / "samples.jsonl"
+    write_jsonl_atomic(path, rows)
+    whole = path.read_bytes()
+    assert read_jsonl(path, Sample, complete=True) == rows
+
+    path.write_bytes(whole[:-5])  # damaged after its stage finished
+    assert read_jsonl(path, Sample) == rows[:2]  # a live reader waits for the line
+    with pytest.raises(ValueError, match=r"samples.jsonl:3: the last line is cut off"):
+        read_jsonl(path, Sample, complete=True)
+
+    path.write_bytes(whole + whole.splitlines(keepends=True)[1])  # a line twice
+    with pytest.raises(ValueError, match=r":4: sample_id 'p/original/1' is also on line 2"):
+        read_jsonl(path, Sample)

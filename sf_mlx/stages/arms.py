@@ -40,8 +40,8 @@ def run_star(run: RunDir, recipe: Recipe, progress=None) -> dict:
     """SFT on STaR data with the same SFT settings as SkillFactory's (stage `star`)."""
     from sf_mlx.stages.sft import train_sft
 
-    problems = {p.problem_id: p for p in read_jsonl(run.problems, Problem)}
-    rows = star_rows(problems, read_jsonl(run.samples, Sample))
+    problems = {p.problem_id: p for p in read_jsonl(run.problems, Problem, complete=True)}
+    rows = star_rows(problems, read_jsonl(run.samples, Sample, complete=True))
     if not rows:
         raise ValueError("STaR: the sample stage produced no correct samples to train on")
     star_dir = run.path / "star"

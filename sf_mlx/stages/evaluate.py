@@ -46,7 +46,7 @@ def arm_model(run: RunDir, recipe: Recipe, arm: str) -> tuple[str, str | None]:
 
 def eval_pools(run: RunDir) -> dict[str, list[Problem]]:
     pools: dict[str, list[Problem]] = defaultdict(list)
-    for p in read_jsonl(run.problems, Problem):
+    for p in read_jsonl(run.problems, Problem, complete=True):
         if p.split.startswith("eval/"):
             pools[p.split[len("eval/") :]].append(p)
     return dict(pools)

@@ -19,7 +19,7 @@ STAGE = "problems"
 
 def read_pool(run: RunDir, split: str) -> list[Problem]:
     """The problems of one pool of `run`: "sft" (sampled for silver traces) or "rl" (GRPO)."""
-    return [p for p in read_jsonl(run.problems, Problem) if p.split == split]
+    return [p for p in read_jsonl(run.problems, Problem, complete=True) if p.split == split]
 
 
 def _key(p: Problem) -> str:

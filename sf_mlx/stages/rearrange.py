@@ -81,8 +81,8 @@ def build_all_traces(
 def run_rearrange(run: RunDir, cfg: RearrangeConfig, seed: int) -> dict[str, Any]:
     """Build the silver traces and the SFT files of `run`; returns the stats (also saved)."""
     problems = read_pool(run, "sft")  # the only problems sampled
-    samples = read_jsonl(run.samples, Sample)
-    reflections = read_jsonl(run.reflections, Reflection)
+    samples = read_jsonl(run.samples, Sample, complete=True)
+    reflections = read_jsonl(run.reflections, Reflection, complete=True)
     traces, n_pairs = build_all_traces(problems, samples, reflections, cfg, seed)
     if not traces:
         raise ValueError(

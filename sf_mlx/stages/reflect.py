@@ -67,8 +67,8 @@ def reflect_stats(samples: list[Sample], reflections: list[Reflection]) -> dict:
 
 def run_reflect(run: RunDir, recipe: Recipe, progress: Progress | None = None) -> dict:
     cfg = recipe.reflect
-    problems = {p.problem_id: p for p in read_jsonl(run.problems, Problem)}
-    samples = read_jsonl(run.samples, Sample)
+    problems = {p.problem_id: p for p in read_jsonl(run.problems, Problem, complete=True)}
+    samples = read_jsonl(run.samples, Sample, complete=True)
     jobs = reflect_jobs(problems, samples, cfg.n_reflections)
     run_generation_stage(
         run,
