@@ -443,3 +443,16 @@ def test_rollout_batch_bounds_the_sequences_decoded_at_once(tiny_model_dir, monk
         m, tok, problems, lambda p: p.question, reward, [0, 1, 2, 3], whole, seed=0, step=0
     )
     assert max(rows_seen) > 4
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_an_unreadable_checkpoint_is_one_line_naming_it(tiny_model_dir, tmp_path, damage):
+    m, tok, problems, reward, cfg = _toy_setup(tiny_model_dir, steps=1)
+    grpo.train_grpo(m, tok, problems, reward, cfg, tmp_path / "ckpt", seed=0)
+    weights = tmp_path / "ckpt" / "adapters.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(b"garbage" if damage == "garbage" else data[: len(data) // 2])
+    m2, tok, problems, reward, cfg2 = _toy_setup(tiny_model_dir, steps=2)
+    with pytest.raises(ValueError) as e:
+        grpo.train_grpo(m2, tok, problems, reward, cfg2, tmp_path / "ckpt", seed=0)
+    assert "unreadable GRPO checkpoint" in str(e.value) and "\n" not in str(e.value)

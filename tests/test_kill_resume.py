@@ -21,7 +21,7 @@ import pytest
 
 from sf_mlx.config import load_recipe
 from sf_mlx.pipeline import run_stage
-from sf_mlx.rundir import RunDir
+from sf_mlx.rundir import RunDir, read_jsonl
 from sf_mlx.stages.report import _metric_series
 
 pytestmark = pytest.mark.slow
@@ -112,3 +112,6 @@ def test_grpo_killed_at_a_seeded_point_then_rerun_gives_the_same_run(tiny_run, t
         )
     _steps_once(run, stage, "grpo/reward", recipe.grpo.steps)
     assert not os.path.exists(run.grpo_dir(arm) / "checkpoint.tmp")
+    if point == 0:  # a finished stage run again keeps one summary row
+        run_stage(run, recipe, stage)
+        assert len(read_jsonl(run.grpo_dir(arm) / "summary.jsonl")) == 1

@@ -136,10 +136,16 @@ def save_checkpoint(path: Path, model: nn.Module, opt: optim.Optimizer, step: in
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: optim.Optimizer) -> int:
-    model.load_weights(str(path / "weights.safetensors"))
-    state = mx.load(str(path / "optimizer.safetensors"))
-    opt.state = tree_unflatten(list(state.items()))
-    return json.loads((path / "step.json").read_text())["step"]
+    try:
+        model.load_weights(str(path / "weights.safetensors"))
+        state = mx.load(str(path / "optimizer.safetensors"))
+        opt.state = tree_unflatten(list(state.items()))
+        return json.loads((path / "step.json").read_text())["step"]
+    except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path}: unreadable checkpoint ({' '.join(str(e).split())}); delete that folder "
+            "to train from the first step"
+        ) from None
 
 
 def train(

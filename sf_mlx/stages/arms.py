@@ -15,7 +15,7 @@ from pathlib import Path
 from sf_mlx import distributed as dist
 from sf_mlx.config import Recipe
 from sf_mlx.records import Problem, Rollout, Sample
-from sf_mlx.rundir import RunDir, append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+from sf_mlx.rundir import RunDir, read_jsonl, write_json_atomic, write_jsonl_atomic
 from sf_mlx.stages.problems import read_pool
 from sf_mlx.tasks import grade
 
@@ -190,6 +190,6 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
         save_adapters(model, out / "adapters", trains)
         record = {"start_model": start, "adapters": str(out / "adapters")}
     write_json_atomic(out / "model.json", record)
-    append_jsonl(out / "summary.jsonl", [stats])
+    write_jsonl_atomic(out / "summary.jsonl", [stats])  # a rerun replaces it
     run.mark_done(stage, stats)
     return stats

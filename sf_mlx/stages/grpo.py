@@ -420,10 +420,16 @@ def load_checkpoint(path, model, optimizer) -> int:
     from mlx.utils import tree_unflatten
 
     path = Path(path)
-    model.load_weights(str(path / "adapters.safetensors"), strict=False)
-    optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
-    mx.eval(model.parameters(), optimizer.state)
-    return int(json.loads((path / "state.json").read_text())["step"])
+    try:
+        model.load_weights(str(path / "adapters.safetensors"), strict=False)
+        optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
+        mx.eval(model.parameters(), optimizer.state)
+        return int(json.loads((path / "state.json").read_text())["step"])
+    except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path}: unreadable GRPO checkpoint ({' '.join(str(e).split())}); delete that "
+            "folder to run the stage from its first step"
+        ) from None
 
 
 StepHook = Callable[[int, dict, RolloutBatch], None]
