@@ -34,7 +34,8 @@ def base_build(
         int | None, typer.Option(help="Stop after this step, keeping the schedule of --steps.")
     ] = None,
     corpus: Annotated[
-        str | None, typer.Option(help="A named corpus instead of the size's own: search.")
+        str | None,
+        typer.Option(help="A named corpus instead of the size's own: search or search-2."),
     ] = None,
 ) -> None:
     """Generate the corpus, train, measure and write a base model folder (resumable)."""
