@@ -112,18 +112,10 @@ def stage_plan(recipe: Recipe) -> list[str]:
     return [s for s in STAGES if wanted.get(s, True)]
 
 
-# Stages whose work is shared by the ranks of a distributed run; the others (cheap, or only
-# reading and writing files) run on the writing ranks while the rest wait.
-SHARED_STAGES = (
-    "sample",
-    "reflect",
-    "sft",
-    "star",
-    "grpo/sft_grpo",
-    "grpo/rl_only",
-    "grpo/star_grpo",
-    "evaluate",
-)
+# Cheap stages (they check the model, or read and write files) run on the writing ranks of a
+# distributed run while the others wait; every other stage shares its work between all ranks.
+WRITER_STAGES = ("problems", "base", "rearrange", "report")
+SHARED_STAGES = tuple(s for s in STAGES if s not in WRITER_STAGES)
 
 
 def distributed_run(run: RunDir) -> RunDir:

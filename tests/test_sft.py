@@ -14,9 +14,9 @@ from sf_mlx import model as model_io
 from sf_mlx.config import SftConfig, recipe_from_dict
 from sf_mlx.lora import adapter_weights, attach_lora, count_params, save_adapters
 from sf_mlx.rundir import RunDir
+from sf_mlx.stages.model_folders import fuse
 from sf_mlx.stages.sft import (
     encode_chat,
-    fuse,
     load_examples,
     make_batches,
     run_sft,

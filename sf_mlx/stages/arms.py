@@ -69,7 +69,7 @@ def _sft_out(folder: Path, recipe: Recipe) -> Path:
 
 def starting_model(run: RunDir, recipe: Recipe, arm: str) -> str:
     """A model folder (or the recipe's model id) an arm's GRPO starts from."""
-    from sf_mlx.stages.sft import fuse
+    from sf_mlx.stages.model_folders import fuse
 
     if arm == "rl_only":
         return recipe.run.model
@@ -182,7 +182,7 @@ def run_grpo_arm(run: RunDir, recipe: Recipe, arm: str, progress=None) -> dict:
     if not run.writer:
         return stats
     if trains["fine_tune_type"] == "full":
-        from sf_mlx.stages.sft import save_model_folder
+        from sf_mlx.stages.model_folders import save_model_folder
 
         save_model_folder(model, tok, start, out / "model", float32=trains["fp32_master"])
         record = {"start_model": start, "model": str(out / "model")}

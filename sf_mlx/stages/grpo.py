@@ -54,6 +54,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
 
+from sf_mlx.stages.grpo_checkpoint import load_checkpoint, save_checkpoint
+from sf_mlx.stages.grpo_metrics import step_metrics
 from sf_mlx.stages.grpo_objective import (
     VARIANTS,
     adapters_disabled,
@@ -105,15 +107,6 @@ def plan_microbatches(lengths: Sequence[int], budget: int, pad_to: int = PAD_TO)
         else:
             out.append([i])
     return out
-
-
-SKILL_TAGS = {"samples": "<sample>", "reflections": "<reflect>"}
-
-
-def skill_usage(texts: Sequence[str]) -> dict[str, float]:
-    """Mean number of `<sample>` / `<reflect>` blocks per response."""
-    n = max(1, len(texts))
-    return {k: sum(t.count(tag) for t in texts) / n for k, tag in SKILL_TAGS.items()}
 
 
 # --------------------------------------------------------------------------- the training loop
@@ -388,50 +381,6 @@ def _logprob_gaps(batch: RolloutBatch, mb: MicroBatch, logp: mx.array) -> list[f
     return out
 
 
-def save_checkpoint(path, model, optimizer, step: int) -> None:
-    """Adapter weights, optimizer state and step, written to a temp folder then renamed."""
-    import json
-    import shutil
-    from pathlib import Path
-
-    from mlx.utils import tree_flatten
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    mx.save_safetensors(
-        str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
-    )
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(path, model, optimizer) -> int:
-    import json
-    from pathlib import Path
-
-    from mlx.utils import tree_unflatten
-
-    path = Path(path)
-    try:
-        model.load_weights(str(path / "adapters.safetensors"), strict=False)
-        optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
-        mx.eval(model.parameters(), optimizer.state)
-        return int(json.loads((path / "state.json").read_text())["step"])
-    except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
-        raise ValueError(
-            f"{path}: unreadable GRPO checkpoint ({' '.join(str(e).split())}); delete that "
-            "folder to run the stage from its first step"
-        ) from None
-
-
 StepHook = Callable[[int, dict, RolloutBatch], None]
 
 
@@ -513,37 +462,3 @@ def train_grpo(
         save(step)
         raise
     return step
-
-
-def step_metrics(
-    batch: RolloutBatch, upd: dict, t_roll: float, t_upd: float, comm_bytes: int = 0
-) -> dict:
-    """The namespaced per-step metrics (names declared in sf_mlx/metrics.py)."""
-    r = batch.rewards
-    lengths = np.array([len(c) for c in batch.completions])
-    n_tokens = int(lengths.sum())
-    usage = skill_usage(batch.texts)
-    entropy = float(np.dot(batch.entropies, lengths) / max(n_tokens, 1))  # token-weighted
-    return {
-        "grpo/reward": float(r.mean()),
-        "grpo/accuracy": float((r > 0).mean()),
-        "grpo/reward_std": float(r.std(axis=1).mean()),
-        "grpo/frac_reward_zero_std": float((r.std(axis=1) == 0).mean()),
-        "grpo/mean_length": float(lengths.mean()),
-        "grpo/max_length": int(lengths.max()),
-        "grpo/truncation_rate": float(np.mean(batch.truncated)),
-        "grpo/clip_fraction": upd["clip_fraction"],
-        "grpo/kl": upd["kl"],
-        "grpo/entropy": entropy,
-        "grpo/loss": upd["loss"],
-        "grpo/grad_norm": upd["grad_norm"],
-        "grpo/logprob_gap": upd["logprob_gap"],
-        "grpo/tokens_per_sec": n_tokens / max(t_roll + t_upd, 1e-9),
-        "grpo/peak_memory_gb": mx.get_peak_memory() / 1e9,
-        "grpo/samples_per_response": usage["samples"],
-        "grpo/reflections_per_response": usage["reflections"],
-        "grpo/rows_in_gradient": upd["rows_in_gradient"],
-        "grpo/rollout_sec": t_roll,
-        "grpo/update_sec": t_upd,
-        "grpo/comm_mb": comm_bytes / 1e6,
-    }
