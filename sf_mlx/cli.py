@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from sf_mlx.cli_base import base_app
+from sf_mlx.cli_bench import bench_app
 
 app = typer.Typer(
     help="SkillFactory on one machine: self-sampled silver traces, SFT and GRPO with MLX.",
@@ -20,7 +21,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 tasks_app = typer.Typer(help="The task suite: generate problems, see reference solutions.")
-bench_app = typer.Typer(help="Benchmarks that print ratios measured in one run on this machine.")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(bench_app, name="bench")
 app.add_typer(base_app, name="base")
@@ -111,121 +111,6 @@ def check(
     ok = bool(get_task(problem.task).check(problem, extracted))
     typer.echo(f"{'CORRECT' if ok else 'WRONG'}: {extracted!r}")
     raise typer.Exit(0 if ok else 1)
-
-
-@bench_app.command("matmul")
-def bench_matmul(
-    sizes: Annotated[str, typer.Option(help="Comma-separated square sizes.")] = "256,512,1024,2048",
-    reps: Annotated[int, typer.Option(help="Timed repetitions per size (best is kept).")] = 5,
-) -> None:
-    """MLX float32 matmul GFLOP/s with the stock BLAS and with sf-mlx's fix, vs numpy."""
-    from sf_mlx.bench import bench_matmul as run
-
-    try:
-        parsed = tuple(int(s) for s in sizes.split(",") if s.strip())
-    except ValueError:
-        fail(f"--sizes {sizes!r}: expected comma-separated integers")
-    run(parsed, reps)
-
-
-@bench_app.command("sampling")
-def bench_sampling(
-    model: Annotated[str, typer.Option(help="Model folder, Hub id or builtin:small.")] = (
-        "builtin:small"
-    ),
-    prompts: Annotated[int, typer.Option(help="Countdown prompts generated per round.")] = 64,
-    batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 32,
-    max_tokens: Annotated[int, typer.Option(help="Generation limit per prompt.")] = 128,
-    rounds: Annotated[int, typer.Option(help="Alternating timed rounds (best is kept).")] = 2,
-) -> None:
-    """sf-mlx rollout tokens/s vs mlx_lm.batch_generate on the same model, prompts and batch."""
-    from sf_mlx.bench import bench_sampling as run
-    from sf_mlx.model import ModelLoadError
-
-    try:
-        run(model, prompts, batch_size, max_tokens, rounds)
-    except ModelLoadError as e:
-        fail(str(e))
-
-
-@bench_app.command("grpo")
-def bench_grpo(
-    run_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--run", help="A run past its sft stage: time its SkillFactory arm's GRPO step."
-        ),
-    ] = None,
-    model: Annotated[
-        str, typer.Option(help="Without --run: model folder, Hub id or builtin:small.")
-    ] = "builtin:small",
-    rounds: Annotated[int, typer.Option(help="Batches timed (after one warm-up).")] = 3,
-    set_: Annotated[
-        list[str], typer.Option("--set", help="Override a recipe key, e.g. grpo.beta=0.04.")
-    ] = [],  # noqa: B006 - typer reads list defaults
-) -> None:
-    """A GRPO step's rollout and update vs the plain reference path: seconds, ratios, gradients."""
-    from sf_mlx.bench_grpo import bench_grpo as run
-    from sf_mlx.model import ModelLoadError
-
-    if rounds < 1:
-        fail(f"--rounds {rounds}: expected at least 1")
-    try:
-        run(run_dir, model, rounds, sets=set_)
-    except (ValueError, ModelLoadError) as e:
-        fail(str(e).splitlines()[0])
-
-
-@bench_app.command("distributed")
-def bench_distributed(
-    recipe: Annotated[str, typer.Option(help="Recipe whose grpo/rl_only stage is timed.")] = (
-        "countdown-small"
-    ),
-    ranks: Annotated[int, typer.Option(help="Local ranks compared with one.")] = 2,
-    steps: Annotated[int, typer.Option(help="GRPO steps per run.")] = 3,
-    keep: Annotated[
-        Path | None, typer.Option(help="Keep the run directories in this folder.")
-    ] = None,
-    set_: Annotated[
-        list[str], typer.Option("--set", help="Override a recipe key (repeatable).")
-    ] = [],  # noqa: B006 - typer reads list defaults
-) -> None:
-    """A GRPO stage on 1 rank vs N local ranks (mlx.launch, ring): time, traffic, weights."""
-    from sf_mlx.bench_distributed import bench_distributed as run
-    from sf_mlx.model import ModelLoadError
-
-    if ranks < 2 or steps < 1:
-        fail("--ranks: expected at least 2; --steps: at least 1")
-    try:
-        run(recipe, ranks, steps, set_, keep)
-    except (ValueError, RuntimeError, ModelLoadError) as e:
-        fail(str(e).splitlines()[0])
-
-
-@bench_app.command("memory")
-def bench_memory(
-    rows: Annotated[int, typer.Option(help="Rows of the log-prob pass.")] = 8,
-    length: Annotated[int, typer.Option(help="Tokens per row of the log-prob pass.")] = 256,
-    hidden: Annotated[int, typer.Option(help="Hidden size of the stand-in's body.")] = 128,
-) -> None:
-    """Peak memory of the log-prob pass and a GRPO update with Qwen's 151,936-token vocabulary."""
-    from sf_mlx.bench_memory import bench_memory as run
-
-    if min(rows, length, hidden) < 1:
-        fail("--rows, --length and --hidden: expected positive integers")
-    run(rows, length, hidden)
-
-
-@bench_app.command("tui")
-def bench_tui(
-    rollouts: Annotated[int, typer.Option(help="Synthetic GRPO rollouts in the run.")] = 100_000,
-) -> None:
-    """Open a run with many rollouts in the TUI (headless): load time and responsiveness."""
-    from sf_mlx.bench import bench_tui as run
-
-    if rollouts < 1:
-        fail(f"--rollouts {rollouts}: expected at least 1")
-    run(rollouts)
 
 
 @app.command("recipes")
