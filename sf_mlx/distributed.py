@@ -22,9 +22,12 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # bytes this rank has put into collectives (all_gather payloads, all-reduced gradients):
 # what `grpo/comm_mb` and `sf-mlx bench distributed` report
@@ -119,13 +122,13 @@ def same_on_every_rank(what: str, value: Any) -> None:
         )
 
 
-def sum_scalars(values: list[float]) -> list[float]:
-    """Element-wise sums of a few numbers over all ranks."""
+def all_sum(x):
+    """The element-wise sum of an array over all ranks (`x` itself on one rank)."""
     if size() == 1:
-        return list(values)
+        return x
     import mlx.core as mx
 
-    return mx.distributed.all_sum(mx.array(values, dtype=mx.float32), group=group()).tolist()
+    return mx.distributed.all_sum(x, group=group())
 
 
 def max_scalar(value: float) -> float:
@@ -145,6 +148,26 @@ def sum_gradients(grads: Any) -> Any:
 
     TRAFFIC["reduced"] += sum(g.nbytes for _, g in tree_flatten(grads))
     return tree_map(lambda g: g * n, nn.average_gradients(grads, group=group()))
+
+
+def in_rounds(
+    units: Sequence[T],
+    work: Callable[[T], Any],
+    encode: Callable[[Any], Any],
+    decode: Callable[[Any], Any] = lambda x: x,
+) -> Iterator[tuple[list[T], list[Any]]]:
+    """Share fixed units of work round-robin: in each round of N units, rank k does unit k.
+    Yields each round's units and every unit's result, in unit order, on every rank. With one
+    process a result is `work`'s own; otherwise it travels as `encode(result)` (JSON) and comes
+    back through `decode`."""
+    n = size()
+    for first in range(0, len(units), n):
+        round_ = list(units[first : first + n])
+        if n == 1:
+            yield round_, [work(round_[0])]
+            continue
+        mine = encode(work(round_[rank()])) if rank() < len(round_) else None
+        yield round_, [decode(x) for x in all_gather_objects(mine)[: len(round_)]]
 
 
 def my_share(n_items: int) -> list[int]:

@@ -33,6 +33,11 @@ class Record:
         return cls(**d)
 
 
+def to_dicts(records: list[Record]) -> list[dict[str, Any]]:
+    """Records as plain dicts (what JSON and `mx.distributed` gathers carry)."""
+    return [r.to_dict() for r in records]
+
+
 @dataclass(frozen=True)
 class Problem(Record):
     """One task instance. `question` is the plain question (the SFT / RL user turn)."""

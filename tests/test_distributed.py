@@ -77,6 +77,7 @@ def test_collectives_on_two_ranks(tmp_path):
             import json, sys
             from pathlib import Path
             from sf_mlx import distributed as dist
+            import mlx.core as mx
 
             out = Path(sys.argv[1])
             r = dist.rank()
@@ -84,7 +85,7 @@ def test_collectives_on_two_ranks(tmp_path):
                 "size": dist.size(),
                 "gathered": dist.all_gather_objects({"rank": r, "text": "é" * (r + 2)}),
                 "broadcast": dist.broadcast_object(f"from {r}"),
-                "sums": dist.sum_scalars([1.0, float(r)]),
+                "sums": dist.all_sum(mx.array([1.0, float(r)])).tolist(),
                 "max": dist.max_scalar(float(r)),
                 "share": dist.my_share(5),
                 "writer": dist.elect_writer(out),

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sf_mlx.config import Recipe
-from sf_mlx.records import EvalResult, Problem
+from sf_mlx.records import EvalResult, Problem, to_dicts
 from sf_mlx.rundir import RunDir, read_jsonl, write_json_atomic, write_jsonl_atomic
 from sf_mlx.skills import skill_use, verdict_f1
 from sf_mlx.tasks import get_task, grade
@@ -240,27 +240,24 @@ def run_evaluate(run: RunDir, recipe: Recipe, progress=None) -> dict:
 
     report(done)
     loaded: tuple[str, tuple] | None = None  # (arm, (model, tokenizer)) of the last cell
-    n_ranks = dist.size()
-    for first in range(0, len(pending), n_ranks):
-        round_ = pending[first : first + n_ranks]
-        rows: list = []
-        if dist.rank() < len(round_):
-            arm, task = round_[dist.rank()]
-            if loaded is None or loaded[0] != arm:
-                loaded = arm, model_io.load(*arm_model(run, recipe, arm))
-            within = _every(PROGRESS_SECONDS, lambda n, d=done: report(d + n))
-            rows = evaluate_cell(
-                *loaded[1],
-                arm,
-                task,
-                pools[task],
-                cfg,
-                derive_seed(seed, STAGE, arm, task),
-                on_finished=within if n_ranks == 1 else None,
-            )
-        per_cell = [rows]
-        if n_ranks > 1:
-            per_cell = dist.all_gather_objects([r.to_dict() for r in rows])[: len(round_)]
+
+    def generate_cell(cell: tuple[str, str]) -> list[EvalResult]:
+        nonlocal loaded
+        arm, task = cell
+        if loaded is None or loaded[0] != arm:
+            loaded = arm, model_io.load(*arm_model(run, recipe, arm))
+        within = _every(PROGRESS_SECONDS, lambda n, d=done: report(d + n))
+        return evaluate_cell(
+            *loaded[1],
+            arm,
+            task,
+            pools[task],
+            cfg,
+            derive_seed(seed, STAGE, arm, task),
+            on_finished=within if dist.size() == 1 else None,
+        )
+
+    for round_, per_cell in dist.in_rounds(pending, generate_cell, to_dicts):
         if run.writer:
             for cell, cell_rows in zip(round_, per_cell, strict=True):
                 write_jsonl_atomic(path(cell), cell_rows)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sf_mlx.records import Record
+from sf_mlx.records import Record, to_dicts
 from sf_mlx.rundir import RunDir, append_jsonl, iter_jsonl
 
 
@@ -70,29 +70,22 @@ def run_jobs(
     total, done = len(jobs), len(jobs) - len(pending)
     if progress:
         progress(done, total, 0.0)
-    n_ranks = dist.size()
-    for first in range(0, len(batches), n_ranks):
-        round_ = batches[first : first + n_ranks]
-        records: list = []
-        tps = 0.0
-        if dist.rank() < len(round_):
-            batch = round_[dist.rank()]
-            batch_seed = derive_seed(seed, stage, batch[0].record_id)
-            tic = time.perf_counter()
-            prompts = [model_io.chat_prompt(tokenizer, j.prompt) for j in batch]
-            gens = model_io.generate(
-                model, tokenizer, prompts, params, seed=batch_seed, batch_size=batch_size
-            )
-            tps = sum(len(g.tokens) for g in gens) / max(time.perf_counter() - tic, 1e-9)
-            records = [make_record(j, g, batch_seed) for j, g in zip(batch, gens, strict=True)]
-        if n_ranks > 1:
-            records = [
-                row
-                for part in dist.all_gather_objects([r.to_dict() for r in records])
-                for row in part
-            ]
+    tps = 0.0  # of this rank's last batch
+
+    def generate_batch(batch: list[Job]) -> list[Record]:
+        nonlocal tps
+        batch_seed = derive_seed(seed, stage, batch[0].record_id)
+        tic = time.perf_counter()
+        prompts = [model_io.chat_prompt(tokenizer, j.prompt) for j in batch]
+        gens = model_io.generate(
+            model, tokenizer, prompts, params, seed=batch_seed, batch_size=batch_size
+        )
+        tps = sum(len(g.tokens) for g in gens) / max(time.perf_counter() - tic, 1e-9)
+        return [make_record(j, g, batch_seed) for j, g in zip(batch, gens, strict=True)]
+
+    for round_, results in dist.in_rounds(batches, generate_batch, to_dicts):
         if run.writer:
-            append_jsonl(out_path, records)
+            append_jsonl(out_path, [row for records in results for row in records])
         done += sum(len(b) for b in round_)
         run.log_progress(stage, done, total)
         if progress:

@@ -167,12 +167,17 @@ def collect_rollouts(
             batch_size=cfg.rollout_batch or len(rows),
         )
 
-    if dist.size() == 1:
-        gens = [x for j in range(len(parts)) for x in sample_part(j)]
-    else:  # rank k samples parts k, k + N, ...; every rank gets all of them, in part order
-        mine = {j: [asdict(x) for x in sample_part(j)] for j in dist.my_share(len(parts))}
-        by_part = {int(j): v for got in dist.all_gather_objects(mine) for j, v in got.items()}
-        gens = [model_io.Generation(**x) for j in range(len(parts)) for x in by_part[j]]
+    gens = [  # rank k samples parts k, k + N, ...; every rank gets all of them, in part order
+        x
+        for _, results in dist.in_rounds(
+            range(len(parts)),
+            sample_part,
+            encode=lambda part: [asdict(x) for x in part],
+            decode=lambda part: [model_io.Generation(**x) for x in part],
+        )
+        for part in results
+        for x in part
+    ]
     completions, logprobs, truncated, rewards = [], [], [], []
     for k, gen in enumerate(gens):
         stopped = gen.stop_token is not None
@@ -344,7 +349,7 @@ def policy_update(
             grads, stats, logps = minibatch_gradient(model, mini, cfg)
             if dist.size() > 1:  # every rank's micro-batches: one gradient, one update
                 grads = dist.sum_gradients(grads)
-                summed = mx.distributed.all_sum(mx.stack(list(stats.values())), group=dist.group())
+                summed = dist.all_sum(mx.stack(list(stats.values())))
                 stats = {k: summed[i] for i, k in enumerate(stats)}
             grads, norm = clip_grad_norm(grads, 1.0)
             mx.eval(grads, norm)

@@ -282,10 +282,10 @@ def train(
     def step_fn(tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
         (loss, n), grads = loss_and_grad(model, tokens, mask)  # scalar, scalar
         if n_ranks > 1:  # this rank's rows: the token-weighted mean over every rank's tokens
-            total = mx.distributed.all_sum(n, group=dist.group())
+            total = dist.all_sum(n)
             weight = n / mx.maximum(total, 1)
             grads = dist.sum_gradients(tree_map(lambda g: g * weight, grads))
-            loss = mx.distributed.all_sum(loss * weight, group=dist.group())
+            loss = dist.all_sum(loss * weight)
             n = total
         grads, _ = optim.clip_grad_norm(grads, GRAD_CLIP)
         if tags:
