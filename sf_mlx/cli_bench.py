@@ -111,14 +111,53 @@ def bench_memory(
     rows: Annotated[int, typer.Option(help="Rows of the log-prob pass.")] = 8,
     length: Annotated[int, typer.Option(help="Tokens per row of the log-prob pass.")] = 256,
     hidden: Annotated[int, typer.Option(help="Hidden size of the stand-in's body.")] = 128,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            help="Instead: measure the memory coefficients on stand-ins, then print each phase "
+            "of --recipe on --model and the settings under which it fits 16/32/64/80 GB."
+        ),
+    ] = False,
+    recipe: Annotated[str, typer.Option(help="Recipe to plan (with --plan).")] = "countdown-paper",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A model folder whose config.json gives the shapes (with --plan); "
+            "default: Qwen2.5-1.5B's."
+        ),
+    ] = None,
 ) -> None:
-    """Peak memory of the log-prob pass and a GRPO update with Qwen's 151,936-token vocabulary."""
-    from sf_mlx.bench_memory import bench_memory as run
+    """Peak memory of the log-prob pass and a GRPO update with Qwen's 151,936-token vocabulary;
+    with --plan, what a recipe needs on a real model and the settings under which it fits."""
     from sf_mlx.cli import fail
 
-    if min(rows, length, hidden) < 1:
-        fail("--rows, --length and --hidden: expected positive integers")
-    run(rows, length, hidden)
+    if not plan:
+        from sf_mlx.bench_memory import bench_memory as run
+
+        if min(rows, length, hidden) < 1:
+            fail("--rows, --length and --hidden: expected positive integers")
+        run(rows, length, hidden)
+        return
+    import json
+    from pathlib import Path
+
+    from sf_mlx.bench_memory_plan import calibrate
+    from sf_mlx.bench_memory_plan import plan as run_plan
+    from sf_mlx.config import load_recipe
+    from sf_mlx.memory import QWEN25_1_5B, Shapes
+
+    shapes, name = QWEN25_1_5B, "Qwen2.5-1.5B"
+    try:
+        load_recipe(recipe)
+        if model is not None:
+            config = Path(model) / "config.json"
+            if not config.is_file():
+                fail(f"--model {model}: no config.json there")
+            shapes, name = Shapes.from_config(json.loads(config.read_text())), model
+    except ValueError as e:
+        fail(str(e).splitlines()[0])
+    coef, _ = calibrate()
+    run_plan(recipe, shapes, coef, name)
 
 
 @bench_app.command("tui")

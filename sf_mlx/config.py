@@ -188,6 +188,9 @@ class SftConfig(_Section):
     batch_size: int = _f(4, "traces per step", min=1)
     warmup: int = _f(10, "linear warmup steps", min=0)
     max_seq_len: int = _f(1024, "longest training sequence in tokens (longer are cut)", min=1)
+    grad_checkpoint: bool = _f(
+        False, "recompute each layer's activations in the backward pass (memory, not the result)"
+    )
     eval_every: int = _f(50, "steps between validation losses", min=1)
     save_every: int = _f(100, "steps between adapter checkpoints", min=1)
 
@@ -234,6 +237,9 @@ class GrpoConfig(_Section):
         "most completions decoded at once (the rest wait in the decoder's queue); bounds the KV "
         "cache to about rollout_batch x (prompt + max_tokens) tokens; 0: a step's B x G at once",
         min=0,
+    )
+    grad_checkpoint: bool = _f(
+        False, "recompute each layer's activations in the backward pass (memory, not the result)"
     )
     rollout_split: int = _f(
         1,
@@ -285,6 +291,7 @@ class EvaluateConfig(_Section):
     budget: int = _f(
         256, "budget forcing: extra tokens allowed after the first stop (0: off)", min=0
     )
+    batch_size: int = _f(32, "answers generated together", min=1)
     arms: tuple[str, ...] = _f(
         _ARMS,
         "models compared: base, sft (SkillFactory SFT), star (STaR SFT), and after GRPO sft_grpo, "

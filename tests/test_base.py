@@ -382,11 +382,16 @@ def test_a_build_can_use_a_named_corpus(tmp_path):
         steps=1,
         log=lambda _: None,
         measure_behaviour=False,
-        corpus="search",
+        corpus="search-3",
     )
     card = json.loads((out / "metrics.json").read_text())
-    assert card["corpus_config"]["frac_compare"] == CORPORA["search"][0].frac_compare
+    assert card["corpus_config"]["frac_compare"] == CORPORA["search-3"][0].frac_compare
     assert card["corpus"]["examples"] == round(130_000 * 6000 / 95_000)
     assert card["corpus"]["tasks"]["comparison"] > 0.2 * card["corpus"]["examples"]
+    # the lead-in, scaled like the corpus, fills whole steps before it
+    assert card["corpus"]["lead_comparisons"] == round(72_000 * 6000 / 95_000)
+    lead_rows = card["train"]["lead_rows"]
+    assert lead_rows == card["corpus"]["lead_rows"] > 0 and lead_rows % 2 == 0
+    assert card["corpus"]["lead_comparisons"] > 5 * lead_rows  # several comparisons per row
     with pytest.raises(ValueError, match="unknown corpus 'nope'"):
         build("tiny", out=tmp_path / "x", work=tmp_path / "y", corpus="nope")

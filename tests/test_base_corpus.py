@@ -1,5 +1,6 @@
 """The `search-2` corpus: `search` plus remedies for causes found by probing its base (wrong
-early stops, multiplication one digit pair per line, first letters as tokens of their own)."""
+early stops, multiplication one digit pair per line, first letters as tokens of their own), and
+`search-3`: `search-2` after a lead-in of single comparisons."""
 
 from __future__ import annotations
 
@@ -76,3 +77,36 @@ def test_initial_letter_tokens_make_a_word_s_first_letter_a_token_of_its_own():
     assert {"Ġo", "Ġa", "Ġr", "T"} <= set(pieces) and "Ġonly" not in pieces
     assert split.decode(split.encode(text).ids) == text
     assert split.encode("Step 1: 10 * 5 = 50").tokens == whole.encode("Step 1: 10 * 5 = 50").tokens
+
+
+def test_a_lead_in_is_trained_first_once_each_then_epochs_over_the_rest():
+    """`lead_rows` rows fill the first steps, each exactly once; later steps never reach them,
+    and without a lead-in the data order is the one builds always had."""
+    import numpy as np
+
+    from sf_mlx.base.pretrain import batch_indices
+
+    n, lead, b = 50, 12, 4
+    first = [batch_indices(n, b, s, seed=3, lead_rows=lead) for s in range(lead // b)]
+    assert sorted(np.concatenate(first).tolist()) == list(range(lead))
+    rest = np.concatenate([batch_indices(n, b, s, 3, lead) for s in range(3, 3 + 9)])
+    assert rest.min() >= lead and len(set(rest.tolist())) == len(rest)  # one epoch, no repeat
+    assert [batch_indices(n, b, s, 3, lead).tolist() for s in range(20)] == [
+        batch_indices(n, b, s, 3, lead).tolist() for s in range(20)
+    ]
+    plain = batch_indices(n, b, 5, seed=3)
+    expected = np.random.default_rng([3, 0]).permutation(n)[20:24]
+    assert plain.tolist() == expected.tolist()
+
+
+def test_the_search_3_lead_in_is_single_comparisons_apart_from_the_corpus():
+    from sf_mlx.base.corpus import make_lead
+
+    cfg = CORPORA["search-3"][0]
+    assert cfg.lead_comparisons > 50_000 and cfg.frac_compare == SEARCH.frac_compare
+    assert replace(cfg, lead_comparisons=0) == SEARCH  # search-2 plus exactly the lead-in
+    lead = make_lead(300, seed=0, cfg=cfg)
+    assert lead == make_lead(300, seed=0, cfg=cfg) and lead != make_lead(300, seed=1, cfg=cfg)
+    assert {(e.kind, e.task) for e in lead} == {("drill", "comparison")}
+    # the corpus after the lead-in is search-2's own, example for example
+    assert make_corpus(300, seed=0, cfg=cfg) == make_corpus(300, seed=0, cfg=SEARCH)

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from sf_mlx.base.corpus import CorpusConfig, corpus_stats, make_corpus
+from sf_mlx.base.corpus import CorpusConfig, corpus_stats, make_corpus, make_lead
 from sf_mlx.base.pretrain import ModelShape, TrainConfig
 
 
@@ -84,23 +84,24 @@ _SEARCH = CorpusConfig(
 )
 
 
+# `search` plus the remedies for what probing its base found (README): half of the strategy's
+# misses on 3+ numbers stop early with numbers unused, so leaving a number out no longer tells a
+# check the answer is right; multiplication one digit pair per line; each word's first letter a
+# token of its own.
+_SEARCH_2 = replace(
+    _SEARCH, p_stop_early=0.5, multiply_digit_pairs=True, initial_letter_tokens=True
+)
+
+
 # Corpora a build can use instead of its preset's own (`--corpus NAME`): mixtures whose effect on
 # a base is measured by building one.
 CORPORA: dict[str, tuple[CorpusConfig, int]] = {  # name -> (settings, examples for `small`)
     "search": (_SEARCH, 130_000),  # the mixture above
-    # `search` plus the remedies for what probing its base found (README): half of the
-    # strategy's misses on 3+ numbers stop early with numbers unused, so leaving a number out
-    # no longer tells a check the answer is right; multiplication one digit pair per line; each
-    # word's first letter a token of its own.
-    "search-2": (
-        replace(
-            _SEARCH,
-            p_stop_early=0.5,
-            multiply_digit_pairs=True,
-            initial_letter_tokens=True,
-        ),
-        130_000,
-    ),
+    "search-2": (_SEARCH_2, 130_000),
+    # `search-2` after a lead-in of 72,000 single comparisons (400 of the 1,800 steps), the
+    # number after which `probe-compare` saw the decision learnt; the corpus keeps its own 30%
+    # comparisons so the decision is not forgotten.
+    "search-3": (replace(_SEARCH_2, lead_comparisons=72_000), 130_000),
 }
 
 
@@ -140,6 +141,7 @@ def build(
 
     blas.ensure_fast_blas()
     import mlx.core as mx
+    import numpy as np
     from mlx.utils import tree_flatten
     from transformers import AutoTokenizer
 
@@ -154,6 +156,7 @@ def build(
             raise ValueError(f"unknown corpus {corpus!r}; expected one of {sorted(CORPORA)}")
         mixture, examples = CORPORA[corpus]
         scale = preset.corpus_examples / SIZES["small"].corpus_examples
+        mixture = replace(mixture, lead_comparisons=round(mixture.lead_comparisons * scale))
         preset = replace(preset, corpus=mixture, corpus_examples=round(examples * scale))
     out = Path(out or f"base-{size}")
     work = Path(work or Path.home() / ".cache" / "sf-mlx" / "base-build" / f"{size}-s{seed}")
@@ -183,6 +186,19 @@ def build(
         dropped_too_long=int(dropped),
     )
     log(f"packed {stats['tokens']} tokens into {len(tokens)} rows of {seq_len + 1}")
+    lead_rows = 0
+    if preset.corpus.lead_comparisons:
+        lead = make_lead(preset.corpus.lead_comparisons, seed, preset.corpus)
+        lead_enc = pretrain.encode_examples(tokenizer, [(e.prompt, e.response) for e in lead])
+        lead_t, lead_m = pretrain.pack(lead_enc, seq_len, tokenizer.pad_token_id)
+        lead_rows = len(lead_t) - len(lead_t) % preset.train.batch_size  # whole steps only
+        tokens = np.concatenate([lead_t[:lead_rows], tokens])
+        mask = np.concatenate([lead_m[:lead_rows], mask])
+        stats.update(lead_comparisons=len(lead), lead_rows=lead_rows)
+        log(
+            f"lead-in: {len(lead)} comparisons in {lead_rows} rows, "
+            f"{lead_rows // preset.train.batch_size} steps before the corpus"
+        )
 
     config = _nanochat_config(preset.shape, vocab, 2048, tokenizer.eos_token_id)
     from mlx_lm.models import nanochat
@@ -190,7 +206,7 @@ def build(
     mx.random.seed(seed)  # the initial weights are part of the reproducible build
     model = nanochat.Model(nanochat.ModelArgs.from_dict(config))
     mx.eval(model.parameters())
-    train_cfg = replace(preset.train, seed=seed)
+    train_cfg = replace(preset.train, seed=seed, lead_rows=lead_rows)
     if steps is not None:
         train_cfg = replace(train_cfg, steps=steps)
     elif minutes is not None:
@@ -344,7 +360,7 @@ def _steps_for_minutes(model, tokens, mask, cfg: TrainConfig, minutes: float) ->
     loss_grad = nn.value_and_grad(model, pretrain.masked_ce)
     secs = []
     for step in range(3):
-        idx = pretrain.batch_indices(len(tokens), cfg.batch_size, step, cfg.seed)
+        idx = pretrain.batch_indices(len(tokens), cfg.batch_size, step, cfg.seed, cfg.lead_rows)
         tic = time.perf_counter()
         (loss, _), grads = loss_grad(model, mx.array(tokens[idx]), mx.array(mask[idx]))
         mx.eval(loss, grads)

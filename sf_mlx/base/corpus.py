@@ -94,6 +94,11 @@ class CorpusConfig:
     # answers equal whatever the two numbers they write (`sf-mlx base probe`, README).
     p_stop_early: float = 0.0
     frac_compare: float = 0.0  # single result-vs-target comparisons in the checks' own words
+    # Single comparisons trained on before the rest of the corpus, for the `small`
+    # preset (scaled like the example count). Spread through the corpus, a model of this size
+    # did not learn the decision from 39,000 of them; alone, it learnt it after about 70,000
+    # (`sf-mlx base probe-compare`, README).
+    lead_comparisons: int = 0
     p_correct: float = 0.55  # out-of-domain attempts: how often the noisy solver is right
     # Multiplication written one digit pair at a time (`70 * 5 = 350`, `6 * 5 = 30`, then
     # `350 + 30 = 380`), every line true, instead of one line per digit of b (`76 * 5 = 380`):
@@ -411,6 +416,12 @@ def make_example(rng: random.Random, cfg: CorpusConfig) -> Example:
         return Example("check", label, "check", prompt, response, verdict)
     prompt = problem.question if plain else variant_prompt(problem.question, style)
     return Example("attempt", label, style, prompt, attempt, correct)
+
+
+def make_lead(n: int, seed: int, cfg: CorpusConfig) -> list[Example]:
+    """The lead-in: `n` single comparisons, deterministic for `seed`, apart from the corpus's."""
+    rng = random.Random(f"sf-mlx-lead/{seed}")
+    return [_comparison(rng, cfg) for _ in range(n)]
 
 
 def make_corpus(n: int, seed: int, cfg: CorpusConfig | None = None) -> list[Example]:

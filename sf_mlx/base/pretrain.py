@@ -43,6 +43,9 @@ class TrainConfig:
     weight_decay: float = 0.1
     checkpoint_every: int = 200
     seed: int = 0
+    # The first `lead_rows` packed rows are a lead-in trained before any other row, once each in
+    # a seeded order (`lead_rows // batch_size` steps); then seeded epochs over the rest.
+    lead_rows: int = 0
 
 
 def encode_examples(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
@@ -87,14 +90,22 @@ def pack(encoded: list[tuple[list[int], int]], seq_len: int, pad_id: int):
     return np.array(rows_t, dtype=np.int32), np.array(rows_m, dtype=np.float32)
 
 
-def batch_indices(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-    """Rows of `step`: epochs are seeded permutations, so any step's batch is recomputable."""
-    per_epoch = n_rows // batch_size
+def batch_indices(
+    n_rows: int, batch_size: int, step: int, seed: int, lead_rows: int = 0
+) -> np.ndarray:
+    """Rows of `step`: epochs are seeded permutations, so any step's batch is recomputable.
+    With `lead_rows`, rows [0, lead_rows) come first, each once, then epochs over the rest."""
+    lead_steps = lead_rows // batch_size
+    if step < lead_steps:
+        perm = np.random.default_rng([seed, 2**31]).permutation(lead_rows)
+        return perm[step * batch_size : (step + 1) * batch_size]
+    rest = n_rows - lead_rows
+    per_epoch = rest // batch_size
     if per_epoch == 0:
-        raise ValueError(f"batch_size={batch_size} but only {n_rows} packed rows")
-    epoch, k = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
-    return perm[k * batch_size : (k + 1) * batch_size]
+        raise ValueError(f"batch_size={batch_size} but only {rest} packed rows")
+    epoch, k = divmod(step - lead_steps, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(rest)
+    return lead_rows + perm[k * batch_size : (k + 1) * batch_size]
 
 
 def masked_ce(model: nn.Module, tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
@@ -187,7 +198,7 @@ def train(
     tic = time.perf_counter()
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     for step in range(start, end):
-        idx = batch_indices(len(tokens), cfg.batch_size, step, cfg.seed)
+        idx = batch_indices(len(tokens), cfg.batch_size, step, cfg.seed, cfg.lead_rows)
         loss, n = compiled(mx.array(tokens[idx]), mx.array(mask[idx]))
         mx.eval(state, loss, n)
         loss_f = loss.item()

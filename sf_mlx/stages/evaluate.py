@@ -141,7 +141,16 @@ def cut_at_budget(tok, gen, budget: int):
     )
 
 
-def force_budget(model, tok, prompts: list[list[int]], first, params, budget: int, seed: int):
+def force_budget(
+    model,
+    tok,
+    prompts: list[list[int]],
+    first,
+    params,
+    budget: int,
+    seed: int,
+    batch_size: int = 32,
+):
     """Budget forcing on generations `first` decoded with `budget` tokens: where `</think>` was
     closed, cut there, append `<sample>` and continue for up to `budget` more tokens. Returns one
     generation per prompt (the unforced ones unchanged)."""
@@ -155,7 +164,9 @@ def force_budget(model, tok, prompts: list[list[int]], first, params, budget: in
         prompts[i] + tok.encode(h, add_special_tokens=False)
         for i, h in zip(todo, heads, strict=True)
     ]
-    more = model_io.generate(model, tok, cont_prompts, replace(params, max_tokens=budget), seed)
+    more = model_io.generate(
+        model, tok, cont_prompts, replace(params, max_tokens=budget), seed, batch_size
+    )
     out = list(first)
     for i, head, g in zip(todo, heads, more, strict=True):
         text = head + g.text
@@ -181,11 +192,15 @@ def evaluate_cell(
     prompts = [
         model_io.chat_prompt(tok, p.question) for p in qs for _ in range(cfg.samples_per_question)
     ]
-    standard = model_io.generate(model, tok, prompts, params, seed, on_finished=on_finished)
+    standard = model_io.generate(
+        model, tok, prompts, params, seed, cfg.batch_size, on_finished=on_finished
+    )
     rows = _results(arm, task, qs, standard)
     if cfg.budget:
         at_budget = [cut_at_budget(tok, g, cfg.budget) for g in standard]
-        forced = force_budget(model, tok, prompts, at_budget, params, cfg.budget, seed + 7)
+        forced = force_budget(
+            model, tok, prompts, at_budget, params, cfg.budget, seed + 7, cfg.batch_size
+        )
         rows += _results(arm, task, qs, at_budget, cfg.budget, False)
         rows += _results(arm, task, qs, forced, cfg.budget, True)
     return rows

@@ -54,6 +54,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
 
+from sf_mlx.memory import checkpointed_layers
 from sf_mlx.stages.grpo_checkpoint import load_checkpoint, save_checkpoint
 from sf_mlx.stages.grpo_metrics import step_metrics
 from sf_mlx.stages.grpo_objective import (
@@ -346,7 +347,8 @@ def policy_update(
     n_updates = 0
     for pass_ in range(cfg.mu):
         for mini in plan:
-            grads, stats, logps = minibatch_gradient(model, mini, cfg)
+            with checkpointed_layers(model, cfg.grad_checkpoint):
+                grads, stats, logps = minibatch_gradient(model, mini, cfg)
             if dist.size() > 1:  # every rank's micro-batches: one gradient, one update
                 grads = dist.sum_gradients(grads)
                 summed = dist.all_sum(mx.stack(list(stats.values())))

@@ -50,6 +50,7 @@ import numpy as np
 from sf_mlx.base.pretrain import masked_ce
 from sf_mlx.config import Recipe, SftConfig
 from sf_mlx.lora import attach_lora, count_params, save_adapters
+from sf_mlx.memory import checkpointed_layers
 from sf_mlx.rundir import RunDir, read_jsonl, write_json_atomic
 from sf_mlx.stages.model_folders import save_model_folder
 
@@ -297,6 +298,25 @@ def train(
         return loss, n
 
     compiled = mx.compile(step_fn, inputs=state, outputs=state)
+    with checkpointed_layers(model, cfg.grad_checkpoint):
+        return _train_loop(
+            model,
+            compiled,
+            state,
+            opt,
+            train_batches,
+            valid_batches,
+            cfg,
+            seed,
+            log,
+            progress,
+            save,
+        )
+
+
+def _train_loop(
+    model, compiled, state, opt, train_batches, valid_batches, cfg, seed, log, progress, save
+) -> dict[str, Any]:
     model.train()
     losses: list[float] = []
     valid_loss = None
