@@ -177,6 +177,8 @@ def phases(recipe, s: Shapes, c: Coefficients, prompt_tokens: int = 256, dtype_b
     length = prompt_tokens + g.max_tokens
     batch = g.rollout_batch or g.prompts_per_step * g.group_size
     resident = c.full_resident * p if full else weights
+    if full and g.beta:  # the KL reference: one float32 copy of the starting weights
+        resident += 4 * p
     out.append(
         Phase(
             "grpo rollouts",
@@ -185,7 +187,7 @@ def phases(recipe, s: Shapes, c: Coefficients, prompt_tokens: int = 256, dtype_b
         )
     )
     rows = max(1, g.microbatch_tokens // length)
-    static = c.full_update * p if full else weights
+    static = c.full_update * p + (4 * p if g.beta else 0) if full else weights
     out.append(
         Phase(
             "grpo update",

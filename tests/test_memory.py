@@ -111,12 +111,13 @@ def test_activations_grow_with_the_square_of_the_length_unless_layers_are_checkp
 
 
 def test_the_plan_finds_settings_under_which_every_phase_fits():
-    recipe = load_recipe("countdown-paper")
+    recipe = load_recipe("countdown-paper", ["sft.grad_checkpoint=false", "grpo.grad_checkpoint=0"])
     own = {ph.stage: ph.gb for ph in phases(recipe, QWEN25_1_5B, COEF)}
     assert own["sft"] > 60 and own["grpo update"] > 60  # full FT at 4k tokens, unchecked
     sets, fitted = fit(recipe, QWEN25_1_5B, COEF, 80)
     assert sets == ["sft.grad_checkpoint=true", "grpo.grad_checkpoint=true"]
     assert max(ph.gb for ph in fitted) <= 0.75 * 80
+    assert fit(load_recipe("countdown-paper"), QWEN25_1_5B, COEF, 80)[0] == []  # as it is
     sets, fitted = fit(recipe, QWEN25_1_5B, COEF, 32)  # full FT's 20 B/param cannot fit
     assert "sft.method=lora" in sets and "grpo.method=lora" in sets
     assert max(ph.gb for ph in fitted) <= 24
@@ -165,3 +166,13 @@ def test_a_grpo_update_with_checkpointed_layers_moves_the_adapter_the_same_way(t
         out.append({k: np.array(v) for k, v in tree_flatten(m.trainable_parameters())})
     assert any(np.abs(v).max() > 0 for k, v in out[0].items() if "lora_b" in k)  # it moved
     assert max(float(np.abs(out[0][k] - out[1][k]).max()) for k in out[0]) < 1e-5
+
+
+def test_a_kl_reference_costs_one_float32_copy_under_full_grpo():
+    recipe = load_recipe("countdown-paper")
+    with_kl = replace(recipe, grpo=replace(recipe.grpo, beta=0.04))
+    a = {ph.stage: ph.gb for ph in phases(recipe, QWEN25_1_5B, COEF)}
+    b = {ph.stage: ph.gb for ph in phases(with_kl, QWEN25_1_5B, COEF)}
+    for stage in ("grpo rollouts", "grpo update"):
+        assert b[stage] - a[stage] == pytest.approx(4 * QWEN25_1_5B.params / 1e9)
+    assert b["sft"] == a["sft"]
