@@ -143,16 +143,34 @@ def checkpointed_coefficient(log=print) -> float:
     return value
 
 
-def full_update_bytes(log=print) -> tuple[float, float]:
-    """(peak, resident) bytes per parameter of full-parameter training with AdamW: the larger of
-    a GRPO mini-batch update and an SFT step; resident: between updates."""
+def _gradient(kind: str, model) -> dict:
+    """A GRPO mini-batch gradient (its micro-batch accumulation included) or an SFT one."""
     from dataclasses import replace
-
-    import mlx.optimizers as optim
 
     from sf_mlx.base.pretrain import masked_ce
     from sf_mlx.config import GrpoConfig
     from sf_mlx.stages import grpo
+
+    vocab = model.args.vocab_size
+    if kind == "grpo":
+        cfg = replace(
+            GrpoConfig(),
+            group_size=2,
+            prompts_per_step=1,
+            minibatch_prompts=1,
+            microbatch_tokens=64,
+            max_tokens=8,
+        )
+        (mini,) = grpo.plan_update(model, _synthetic_batch(2, 8, 2, vocab, 0), 0, cfg)
+        return grpo.minibatch_gradient(model, mini, cfg)[0]
+    tokens = mx.random.randint(0, vocab, (1, 9), key=mx.random.key(3))
+    return nn.value_and_grad(model, masked_ce)(model, tokens, mx.ones((1, 9)))[1]
+
+
+def full_update_bytes(log=print) -> tuple[float, float]:
+    """(peak, resident) bytes per parameter of full-parameter training with AdamW: the larger of
+    a GRPO mini-batch update and an SFT step; resident: between updates."""
+    import mlx.optimizers as optim
 
     peaks, resident = [], []
     for kind in ("grpo", "sft"):
@@ -163,30 +181,10 @@ def full_update_bytes(log=print) -> tuple[float, float]:
         model = _model(4, 256, 1024, 4, 4096)
         params = sum(v.size for _, v in tree_flatten(model.parameters()))
         opt = optim.AdamW(learning_rate=1e-6)
-        if kind == "grpo":
-            cfg = replace(
-                GrpoConfig(),
-                group_size=2,
-                prompts_per_step=1,
-                minibatch_prompts=1,
-                microbatch_tokens=64,
-                max_tokens=8,
-            )
-            batch = _synthetic_batch(2, 8, 2, 4096, 0)
-            (mini,) = grpo.plan_update(model, batch, 0, cfg)
-            grads, _, _ = grpo.minibatch_gradient(model, mini, cfg)
-            grads, _ = optim.clip_grad_norm(grads, 1.0)
-            opt.update(model, grads)
-            mx.eval(model.parameters(), opt.state)
-            del grads
-        else:
-            tokens = mx.random.randint(0, 4096, (1, 9), key=mx.random.key(3))
-            mask = mx.ones((1, 9))
-            (_, _), grads = nn.value_and_grad(model, masked_ce)(model, tokens, mask)
-            grads, _ = optim.clip_grad_norm(grads, 1.0)
-            opt.update(model, grads)
-            mx.eval(model.parameters(), opt.state)
-            del grads
+        grads, _ = optim.clip_grad_norm(_gradient(kind, model), 1.0)
+        opt.update(model, grads)
+        mx.eval(model.parameters(), opt.state)
+        del grads
         gc.collect()
         peaks.append((mx.get_peak_memory() - before) / params)
         resident.append((mx.get_active_memory() - before) / params)
