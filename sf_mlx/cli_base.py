@@ -175,6 +175,16 @@ def base_probe_compare(
     n: Annotated[int, typer.Option(help="Held-out comparisons measured.")] = 400,
     seed: Annotated[int, typer.Option(help="Seed of examples, weights and held-out pairs.")] = 0,
     size: Annotated[str, typer.Option(help="Architecture preset: tiny or small.")] = "small",
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Go on training this model folder (a base, or a build stopped with --stop-at) "
+            "at a constant --lr instead of a new one; --steps 0 only measures it."
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (default: the preset's peak).")
+    ] = None,
 ) -> None:
     """Train the base architecture on single result-vs-target comparisons in one written form,
     then measure the decision (teacher-forced) and whole greedy responses on held-out pairs."""
@@ -183,12 +193,19 @@ def base_probe_compare(
     from sf_mlx.base.build import SIZES
     from sf_mlx.base.probes import COMPARE_FORMS, compare_only
     from sf_mlx.cli import fail
+    from sf_mlx.model import ModelLoadError
 
     if form not in COMPARE_FORMS:
         fail(f"--form {form!r}: expected one of {', '.join(COMPARE_FORMS)}")
     if size not in SIZES:
         fail(f"--size {size!r}: expected one of {', '.join(SIZES)}")
-    if steps < 1 or n < 1:
-        fail(f"--steps {steps} --n {n}: expected both >= 1")
-    out = compare_only(form, steps, n, seed, log=typer.echo, size=size)
+    if steps < (0 if start else 1) or n < 1 or (lr is not None and lr <= 0):
+        fail(
+            f"--steps {steps} --n {n} --lr {lr}: expected steps >= 1 (0 with --start), "
+            "n >= 1, lr > 0"
+        )
+    try:
+        out = compare_only(form, steps, n, seed, log=typer.echo, size=size, start=start, lr=lr)
+    except (ValueError, ModelLoadError) as e:
+        fail(str(e).splitlines()[0])
     typer.echo(json.dumps(out, indent=2))

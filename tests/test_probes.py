@@ -115,3 +115,27 @@ def test_own_verdicts_score_the_checks_of_a_models_own_attempts():
         "leaves_a_number_out": {"wrong": 2, "on_wrong": 0.0},
         "uses_every_number": {"wrong": 1, "on_wrong": 1.0},
     }
+
+
+@pytest.mark.slow
+def test_compare_probe_goes_on_from_a_given_model_or_only_measures_it(tiny_model_dir):
+    """`--start`: the model's own weights and tokenizer; --steps 0 measures it unchanged, the
+    same numbers twice; a few steps at a constant rate move its decisions."""
+
+    def run(steps: int) -> dict:
+        return probes.compare_only(
+            "line",
+            steps,
+            6,
+            seed=0,
+            log=lambda _: None,
+            size="tiny",
+            start=str(tiny_model_dir),
+            lr=1e-2,
+        )
+
+    measured, again = run(0), run(0)
+    assert measured["decisions"] == again["decisions"] and measured["steps"] == 0
+    assert measured["greedy_examples"] == again["greedy_examples"]
+    trained = run(4)
+    assert trained["decisions"] != measured["decisions"]

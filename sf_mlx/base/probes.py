@@ -215,10 +215,19 @@ def own_verdicts(problems: list[Problem], attempts: list[str], checks: list[str]
     }
 
 
-def _train_from_scratch(pairs: list[tuple[str, str]], steps: int, seed: int, size: str, log):
+def _train_from_scratch(
+    pairs: list[tuple[str, str]],
+    steps: int,
+    seed: int,
+    size: str,
+    log,
+    start: str | None = None,
+    lr: float | None = None,
+):
     """The `size` architecture with the shipped base's tokenizer, trained from scratch on the
-    (prompt, response) pairs with the preset's training settings; returns (model, tokenizer,
-    losses)."""
+    (prompt, response) pairs with the preset's training settings (peak rate `lr` if given);
+    with `start`, that model and its tokenizer trained further at a constant `lr`. Returns
+    (model, tokenizer, losses)."""
     from dataclasses import replace
 
     import mlx.core as mx
@@ -231,19 +240,24 @@ def _train_from_scratch(pairs: list[tuple[str, str]], steps: int, seed: int, siz
     preset = SIZES[size]
     train_cfg = replace(
         preset.train,
-        steps=steps,
+        steps=max(1, steps),
         seed=seed,
         checkpoint_every=10**9,
         warmup=min(preset.train.warmup, max(1, steps // 5)),
+        learning_rate=lr or preset.train.learning_rate,
+        min_lr_ratio=1.0 if start else preset.train.min_lr_ratio,
     )
-    _, tok = model_io.load("builtin:small")  # its tokenizer; the weights are trained anew
-    hf_tok = AutoTokenizer.from_pretrained(model_io.resolve_model_path("builtin:small"))
+    m, tok = model_io.load(start or "builtin:small")
+    hf_tok = AutoTokenizer.from_pretrained(model_io.resolve_model_path(start or "builtin:small"))
+    if start is None:  # the tokenizer only; the weights are trained anew
+        config = _nanochat_config(preset.shape, len(hf_tok), 2048, hf_tok.eos_token_id)
+        mx.random.seed(seed)
+        m = nanochat.Model(nanochat.ModelArgs.from_dict(config))
+        mx.eval(m.parameters())
+    if steps == 0:
+        return m, tok, [float("nan")]
     encoded = pretrain.encode_examples(hf_tok, pairs)
     tokens, mask = pretrain.pack(encoded, train_cfg.seq_len, tok.pad_token_id)
-    config = _nanochat_config(preset.shape, len(hf_tok), 2048, hf_tok.eos_token_id)
-    mx.random.seed(seed)
-    m = nanochat.Model(nanochat.ModelArgs.from_dict(config))
-    mx.eval(m.parameters())
     losses: list[float] = []
 
     def on_step(step: int, loss: float, tps: float) -> None:
@@ -327,12 +341,20 @@ def _same(a: int, b: int) -> str:
 
 
 def compare_only(
-    form: str, steps: int, n_eval: int, seed: int, log: Callable = print, size: str = "small"
+    form: str,
+    steps: int,
+    n_eval: int,
+    seed: int,
+    log: Callable = print,
+    size: str = "small",
+    start: str | None = None,
+    lr: float | None = None,
 ) -> dict:
     """Probe (d): the `size` architecture trained from scratch on single comparisons written in
     `form` (`COMPARE_FORMS`); then, on `n_eval` held-out pairs, the teacher-forced probability of
     the right decision once everything before it is written, and how often a greedy response
-    reproduces the whole demonstration (copying and pairing the digits included)."""
+    reproduces the whole demonstration (copying and pairing the digits included). `start`: a
+    model trained further instead (`_train_from_scratch`)."""
     if form not in COMPARE_FORMS:
         raise ValueError(f"form {form!r}: expected one of {', '.join(COMPARE_FORMS)}")
     from sf_mlx.base.build import SIZES
@@ -341,7 +363,7 @@ def compare_only(
     rng = random.Random(f"compare/{form}/{seed}")
     per_step = SIZES[size].train.batch_size * 12  # about 12 comparisons fill a packed row
     pairs = [write(*_pair(rng)) for _ in range(per_step * steps)]
-    m, tok, losses = _train_from_scratch(pairs, steps, seed, size, log)
+    m, tok, losses = _train_from_scratch(pairs, steps, seed, size, log, start, lr)
     held_rng = random.Random(f"compare/{form}/{seed}/held-out")
     held = [write(*_pair(held_rng)) for _ in range(n_eval)]
     rows = [
