@@ -169,7 +169,7 @@ def base_probe_check_only(
 @base_app.command("probe-compare")
 def base_probe_compare(
     form: Annotated[
-        str, typer.Option(help="How the comparison is written: line, digits, single.")
+        str, typer.Option(help="How the comparison is written: line, digits, difference, single.")
     ] = "line",
     steps: Annotated[int, typer.Option(help="Training steps on single comparisons.")] = 100,
     n: Annotated[int, typer.Option(help="Held-out comparisons measured.")] = 400,

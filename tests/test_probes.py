@@ -83,6 +83,10 @@ def test_compare_forms_write_one_comparison_with_the_decision_last():
         "Result 45, target 46: 4 and 4 same, 5 and 6 differ: not equal."
     )
     assert "1 digits and 2 digits differ" in probes.COMPARE_FORMS["digits"](9, 46)[1]
+    assert probes.COMPARE_FORMS["difference"](45, 46)[1] == (
+        "Result 45, target 46: 46 - 45 = 1: not equal."
+    )
+    assert probes.COMPARE_FORMS["difference"](46, 46)[1].endswith("46 - 46 = 0: equal.")
 
 
 @pytest.mark.slow

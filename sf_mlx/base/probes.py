@@ -328,6 +328,11 @@ COMPARE_FORMS: dict[str, Callable[[int, int], tuple[str, str]]] = {
         f"Result {r}, target {t}",
         f"Result {r}, target {t}: {_digit_pairs(str(r), str(t))}: {_same(r, t)}.",
     ),
+    # the difference first, then the decision: `Result 45, target 46: 46 - 45 = 1: not equal.`
+    "difference": lambda r, t: (
+        f"Result {r}, target {t}",
+        f"Result {r}, target {t}: {max(r, t)} - {min(r, t)} = {abs(r - t)}: {_same(r, t)}.",
+    ),
     # the primitive: are two single digits the same token?
     "single": lambda r, t: (
         f"Digits {r % 10} and {t % 10}",
