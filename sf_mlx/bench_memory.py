@@ -24,20 +24,29 @@ from sf_mlx.logprobs import LOGITS_BUDGET, token_logprobs
 QWEN_VOCAB = 151_936
 
 
-def stand_in(vocab: int = QWEN_VOCAB, hidden: int = 128, layers: int = 2, seed: int = 0):
-    """A qwen2 model with Qwen2.5-1.5B's vocabulary and tied embeddings, a small body."""
+def stand_in(
+    vocab: int = QWEN_VOCAB,
+    hidden: int = 128,
+    layers: int = 2,
+    seed: int = 0,
+    intermediate: int | None = None,
+    heads: int = 4,
+    tied: bool = True,
+):
+    """A qwen2 model with random weights: by default Qwen2.5-1.5B's vocabulary and tied
+    embeddings with a small body (intermediate 2 x hidden, 4 heads, half as many KV heads)."""
     from mlx_lm.models import qwen2
 
     args = qwen2.ModelArgs(
         "qwen2",
         hidden_size=hidden,
         num_hidden_layers=layers,
-        intermediate_size=2 * hidden,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        intermediate_size=intermediate or 2 * hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
         rms_norm_eps=1e-6,
         vocab_size=vocab,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
     )
     mx.random.seed(seed)
     model = qwen2.Model(args)

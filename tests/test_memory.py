@@ -26,22 +26,11 @@ from sf_mlx.memory import (
 COEF = Coefficients(28.5, 10.2, 5.0, 22.0, 36.0, 6.6, 8.0, 20.0, 12.0, 130.0)
 
 
-def _qwen2(tied: bool, layers=2, hidden=64, inter=160, heads=4, kv=2, vocab=300):
-    from mlx_lm.models import qwen2
+def _qwen2(tied: bool, layers=2, hidden=64, inter=160, heads=4, vocab=300):
+    from sf_mlx.bench_memory import stand_in
 
-    args = qwen2.ModelArgs(
-        "qwen2",
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        intermediate_size=inter,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        rms_norm_eps=1e-6,
-        vocab_size=vocab,
-        tie_word_embeddings=tied,
-    )
-    mx.random.seed(0)
-    return qwen2.Model(args), args
+    model = stand_in(vocab, hidden, layers, intermediate=inter, heads=heads, tied=tied)
+    return model, model.args
 
 
 @pytest.mark.parametrize("tied", [True, False])
