@@ -94,10 +94,10 @@ class CorpusConfig:
     # answers equal whatever the two numbers they write (`sf-mlx base probe`, README).
     p_stop_early: float = 0.0
     frac_compare: float = 0.0  # single result-vs-target comparisons in the checks' own words
-    # Single comparisons trained on before the rest of the corpus, for the `small`
-    # preset (scaled like the example count). Spread through the corpus, a model of this size
-    # did not learn the decision from 39,000 of them; alone, it learnt it after about 70,000
-    # (`sf-mlx base probe-compare`, README).
+    # Single comparisons trained on before the rest of the corpus, for the `small` preset
+    # (scaled like the example count). Spread through the corpus, a model of this size did not
+    # learn the decision from 39,000 of them; alone, it did once after about 70,000 and did not
+    # in the `search-3` build (`sf-mlx base probe-compare`, README).
     lead_comparisons: int = 0
     p_correct: float = 0.55  # out-of-domain attempts: how often the noisy solver is right
     # Multiplication written one digit pair at a time (`70 * 5 = 350`, `6 * 5 = 30`, then
