@@ -234,6 +234,10 @@ def test_decision_follows_numbers_reads_the_last_decision_line():
     assert decision_follows_numbers(two) is False
     assert decision_follows_numbers("There is no final answer to check.") is None
     assert decision_follows_numbers("Result 46, target 46: maybe.") is None
+    # the difference written before the decision is read past
+    assert decision_follows_numbers("Result 46, target 46: 46 - 46 = 0: equal.") is True
+    assert decision_follows_numbers("Result 45, target 46: 46 - 45 = 1: equal.") is False
+    assert decision_follows_numbers("Result 45, target 46: 46 - 45 = 1: not equal.") is True
 
 
 def test_base_measure_writes_the_card_and_repeats_its_numbers(tiny_model_dir, tmp_path):
@@ -328,6 +332,43 @@ def test_single_comparisons_decide_from_both_numbers():
         assert e.response == f"{e.prompt}: {'equal' if r == t else 'not equal'}."
         equal += r == t
     assert 0.4 < equal / len(rows) < 0.6
+
+
+def test_difference_comparisons_write_a_true_difference_before_the_decision():
+    """With `compare_difference`, every comparison a check, drill or single comparison writes
+    is `Result X, target Y: max - min = d: decision.`, the subtraction true and the decision
+    `equal` exactly when d is 0; the checks' verdicts are unchanged."""
+    import re
+    from dataclasses import replace
+    from fractions import Fraction
+
+    from sf_mlx.base.corpus import CorpusConfig, countdown_check_response
+    from sf_mlx.records import Problem
+
+    cfg = replace(CorpusConfig(), frac_drill=0.2, frac_compare=0.2, compare_difference=True)
+    rows = make_corpus(600, seed=0, cfg=cfg)
+    line = re.compile(
+        r"Result (-?[\d/]+), target (\d+): (-?[\d/]+) - (-?[\d/]+) = ([\d/]+): (equal|not equal)\."
+    )
+    seen = {"check": 0, "drill": 0}
+    for e in rows:
+        for ln in e.response.splitlines():
+            if not ln.startswith("Result "):
+                continue
+            m = line.fullmatch(ln)
+            assert m, ln
+            r, t, hi, lo, d = (Fraction(x) for x in m.groups()[:5])
+            assert {hi, lo} == {r, t} and hi >= lo and hi - lo == d, ln
+            assert (m[6] == "equal") == (d == 0), ln
+            seen[e.kind] = seen.get(e.kind, 0) + 1
+    assert seen["check"] > 20 and seen["drill"] > 100
+    problem = Problem("p", "countdown", "q", {"numbers": [3, 7, 9], "target": 30})
+    plain, ok = countdown_check_response(problem, "<answer>3 * (9 + 1)</answer>")
+    diff, ok_diff = countdown_check_response(problem, "<answer>(9 - 7) * 3</answer>", True)
+    assert ok is False and ok_diff is False
+    assert diff.splitlines()[-2] == "Result 6, target 30: 30 - 6 = 24: not equal."
+    right, ok_right = countdown_check_response(problem, "<answer>3 * (7 + 9 - 6)</answer>", True)
+    assert "Result" not in right and ok_right is False  # 6 is not one of the numbers
 
 
 def test_out_of_domain_attempts_follow_the_corpus_task_specs():

@@ -59,6 +59,17 @@ def test_decision_probabilities_tell_right_from_wrong_decisions():
     assert s["equal"]["confidently_right"] == 1.0 and s["not_equal"]["confidently_wrong"] == 1.0
 
 
+def test_decision_prefix_stops_at_the_decision_past_a_written_difference():
+    check = "7 * 6 = 42\nResult 42, target 46: 46 - 42 = 4: not equal.\n<verdict>Incorrect"
+    assert probes.decision_prefix(check) == (
+        "7 * 6 = 42\nResult 42, target 46: 46 - 42 = 4:",
+        False,
+    )
+    assert probes.decision_prefix("Result 46, target 46: equal.") == ("Result 46, target 46:", True)
+    assert probes.decision_prefix("Result 46, target 46: 46 - 46 = 0: equal.")[1] is True
+    assert probes.decision_prefix("no decision here") is None
+
+
 @pytest.mark.slow
 def test_check_only_probe_trains_and_measures_held_out_decisions():
     out = probes.check_only(steps=4, n_eval=6, seed=0, log=lambda _: None, size="tiny")

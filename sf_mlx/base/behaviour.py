@@ -22,7 +22,10 @@ from sf_mlx.tasks import grade, heldout_problems, parse_task_spec, spec_label
 SKILL_TAGS = ("<sample>", "<reflect>")
 # The out-of-domain cells of a base built without its own list (`CorpusConfig.ood`).
 OOD_SPECS = ("multiplication:digits=2", "multiplication:digits=3", "acronym")
-_DECISION = re.compile(r"Result (-?[\d/]+), target (-?\d+): (equal|not equal)\.")
+# the decision line, with or without the difference written before the decision
+_DECISION = re.compile(
+    r"Result (-?[\d/]+), target (-?\d+):(?: [^:\n]*=[^:\n]*:)? (equal|not equal)\."
+)
 
 
 def decision_follows_numbers(check: str) -> bool | None:

@@ -102,6 +102,9 @@ CORPORA: dict[str, tuple[CorpusConfig, int]] = {  # name -> (settings, examples 
     # number after which `probe-compare` once saw the decision learnt; the corpus keeps its own
     # 30% comparisons. Measured: the decision stayed at chance and Countdown-3 fell (README).
     "search-3": (replace(_SEARCH_2, lead_comparisons=72_000), 130_000),
+    # `search-2` with every comparison writing the difference before the decision
+    # (`Result 45, target 46: 46 - 45 = 1: not equal.`), the form `probe-compare` saw learnt.
+    "search-4": (replace(_SEARCH_2, compare_difference=True), 130_000),
 }
 
 

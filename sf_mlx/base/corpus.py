@@ -99,6 +99,11 @@ class CorpusConfig:
     # learn the decision from 39,000 of them; alone, it did once after about 70,000 and did not
     # in the `search-3` build (`sf-mlx base probe-compare`, README).
     lead_comparisons: int = 0
+    # Comparisons (in checks, drills and single comparisons) write the difference before the
+    # decision, `Result 45, target 46: 46 - 45 = 1: not equal.`: trained further on such lines
+    # a base learnt the decision in 100 steps where the plain line stayed at chance
+    # (`sf-mlx base probe-compare --form difference`, README).
+    compare_difference: bool = False
     p_correct: float = 0.55  # out-of-domain attempts: how often the noisy solver is right
     # Multiplication written one digit pair at a time (`70 * 5 = 350`, `6 * 5 = 30`, then
     # `350 + 30 = 380`), every line true, instead of one line per digit of b (`76 * 5 = 380`):
@@ -238,9 +243,11 @@ def _fmt(x: Fraction) -> str:
     return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
 
 
-def countdown_check_response(problem: Problem, attempt: str) -> tuple[str, bool]:
+def countdown_check_response(
+    problem: Problem, attempt: str, difference: bool = False
+) -> tuple[str, bool]:
     """Recompute only what is needed: numbers first, then the arithmetic, then the result next
-    to the target, and only then the decision."""
+    to the target (with `difference`, and their difference), and only then the decision."""
     numbers, target = problem.data["numbers"], problem.data["target"]
     extracted, correct = grade(problem, attempt)
     if extracted is None:
@@ -259,14 +266,23 @@ def countdown_check_response(problem: Problem, attempt: str) -> tuple[str, bool]
         for a, op, b, v in steps:
             lines.append(f"{_fmt(Fraction(a))} {op} {_fmt(Fraction(b))} = {_fmt(v)}")
         value = steps[-1][3] if steps else Fraction(used[0])
-        lines.append(_compare_line(_fmt(value), target))
+        lines.append(_compare_line(value, target, difference))
     verdict = "Correct" if correct else "Incorrect"
     return "\n".join(lines) + f"\n<verdict>{verdict}</verdict>", correct
 
 
-def _compare_line(result: str, target: int) -> str:
-    same = "equal" if result == str(target) else "not equal"
-    return f"Result {result}, target {target}: {same}."
+def _compare_line(result: Fraction | int, target: int, difference: bool = False) -> str:
+    """`Result 45, target 46: not equal.`; with `difference`, the larger minus the smaller
+    first: `Result 45, target 46: 46 - 45 = 1: not equal.`"""
+    result = Fraction(result)
+    same = "equal" if result == target else "not equal"
+    if not difference:
+        return f"Result {_fmt(result)}, target {target}: {same}."
+    high, low = max(result, Fraction(target)), min(result, Fraction(target))
+    return (
+        f"Result {_fmt(result)}, target {target}: "
+        f"{_fmt(high)} - {_fmt(low)} = {_fmt(high - low)}: {same}."
+    )
 
 
 def _literals(expr: str) -> list[int]:
@@ -299,7 +315,7 @@ def _compare_drill(rng: random.Random, cfg: CorpusConfig) -> Example:
     prompt = "Compare each result with its target:\n" + "\n".join(
         f"Result {r}, target {t}" for r, t in pairs
     )
-    response = "\n".join(_compare_line(str(r), t) for r, t in pairs)
+    response = "\n".join(_compare_line(r, t, cfg.compare_difference) for r, t in pairs)
     return Example("drill", "comparison", "drill", prompt, response, None)
 
 
@@ -316,7 +332,7 @@ def _comparison(rng: random.Random, cfg: CorpusConfig) -> Example:
     equal.`): the comparison a check ends with, without the recomputation before it."""
     result, target = comparison_pair(rng, cfg)
     prompt = f"Result {result}, target {target}"
-    response = _compare_line(str(result), target)
+    response = _compare_line(result, target, cfg.compare_difference)
     return Example("drill", "comparison", "drill", prompt, response, None)
 
 
@@ -411,7 +427,10 @@ def make_example(rng: random.Random, cfg: CorpusConfig) -> Example:
             if correct == want:
                 break
             attempt, correct = ATTEMPTS[problem.task](rng, problem, style, cfg)
-        response, verdict = CHECKS[problem.task](problem, attempt)
+        if problem.task == "countdown":
+            response, verdict = countdown_check_response(problem, attempt, cfg.compare_difference)
+        else:
+            response, verdict = CHECKS[problem.task](problem, attempt)
         prompt = reflection_prompt(problem.question, attempt)
         return Example("check", label, "check", prompt, response, verdict)
     prompt = problem.question if plain else variant_prompt(problem.question, style)

@@ -25,6 +25,7 @@ from sf_mlx import model as model_io
 from sf_mlx.base.corpus import (
     CorpusConfig,
     _apply,
+    _compare_line,
     _literals,
     comparison_pair,
     countdown_check_response,
@@ -35,7 +36,8 @@ from sf_mlx.records import Problem
 from sf_mlx.tasks import grade, heldout_problems
 
 _EQUATION = re.compile(r"(?<![\d/])(\d+) ([-+*/]) (\d+) = (\d+(?:/\d+)?)(?![\d/])")
-_DECISION = re.compile(r"Result (-?[\d/]+), target (-?\d+):")
+# up to the decision's colon, past the difference where one is written
+_DECISION = re.compile(r"Result (-?[\d/]+), target (-?\d+):(?: [^:\n]*=[^:\n]*:)?")
 DECISIONS = (" equal.", " not equal.")
 
 
@@ -145,12 +147,20 @@ def decision_probabilities(m, tok, prompts: list[str], checks: list[str]) -> lis
     renormalised over the two decisions, teacher-forced on the check up to that colon."""
     out = []
     for prompt, check in zip(prompts, checks, strict=True):
-        found = list(_DECISION.finditer(check))
+        found = decision_prefix(check)
         if found:
-            last = found[-1]
-            equal = last.group(1) == last.group(2)
-            out.append(decision_row(m, tok, prompt, check[: last.end()], equal))
+            out.append(decision_row(m, tok, prompt, *found))
     return out
+
+
+def decision_prefix(check: str) -> tuple[str, bool] | None:
+    """A check up to its last decision's colon (past the difference where one is written), and
+    whether the two numbers on that line are equal; None without a `Result X, target Y:` line."""
+    found = list(_DECISION.finditer(check))
+    if not found:
+        return None
+    last = found[-1]
+    return check[: last.end()], last.group(1) == last.group(2)
 
 
 def summarise_decisions(rows: list[dict]) -> dict:
@@ -322,17 +332,14 @@ def _digit_pairs(result: str, target: str) -> str:
 
 COMPARE_FORMS: dict[str, Callable[[int, int], tuple[str, str]]] = {
     # the checks' own line: `Result 45, target 46: not equal.`
-    "line": lambda r, t: (f"Result {r}, target {t}", f"Result {r}, target {t}: {_same(r, t)}."),
+    "line": lambda r, t: (f"Result {r}, target {t}", _compare_line(r, t)),
     # digit by digit, then the decision: `Result 45, target 46: 4 and 4 same, 5 and 6 differ: ...`
     "digits": lambda r, t: (
         f"Result {r}, target {t}",
         f"Result {r}, target {t}: {_digit_pairs(str(r), str(t))}: {_same(r, t)}.",
     ),
     # the difference first, then the decision: `Result 45, target 46: 46 - 45 = 1: not equal.`
-    "difference": lambda r, t: (
-        f"Result {r}, target {t}",
-        f"Result {r}, target {t}: {max(r, t)} - {min(r, t)} = {abs(r - t)}: {_same(r, t)}.",
-    ),
+    "difference": lambda r, t: (f"Result {r}, target {t}", _compare_line(r, t, True)),
     # the primitive: are two single digits the same token?
     "single": lambda r, t: (
         f"Digits {r % 10} and {t % 10}",
