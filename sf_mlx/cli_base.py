@@ -35,7 +35,9 @@ def base_build(
     ] = None,
     corpus: Annotated[
         str | None,
-        typer.Option(help="A named corpus instead of the size's own: search, search-2, search-3, search-4."),
+        typer.Option(
+            help="A named corpus instead of the size's own: search, search-2, search-3, search-4."
+        ),
     ] = None,
 ) -> None:
     """Generate the corpus, train, measure and write a base model folder (resumable)."""
