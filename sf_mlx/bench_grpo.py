@@ -200,8 +200,9 @@ def bench_grpo(
     from rich.table import Table
 
     from sf_mlx import model as model_io
-    from sf_mlx.config import apply_overrides, load_recipe
+    from sf_mlx.config import apply_overrides
     from sf_mlx.lora import attach_lora
+    from sf_mlx.recipe_files import load_recipe
     from sf_mlx.tasks import grade
 
     console = Console()

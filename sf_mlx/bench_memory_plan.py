@@ -263,8 +263,8 @@ MACHINES = (16, 32, 64, 80)  # GB: Macs with 16, 32 and 64 GB, one 80 GB GPU
 def plan(recipe_name: str, s: Shapes, coef: Coefficients, model_name: str, log=print) -> dict:
     """Each phase of the recipe on a model of shapes `s` (bfloat16 weights), then the settings
     under which it fits each machine in `MACHINES` (three quarters of the memory usable)."""
-    from sf_mlx.config import load_recipe
     from sf_mlx.memory import fit, phases
+    from sf_mlx.recipe_files import load_recipe
 
     recipe = load_recipe(recipe_name)
     log(f"{recipe_name} on {model_name} ({s.params / 1e9:.2f}B parameters, bfloat16):")

@@ -116,7 +116,7 @@ def check(
 @app.command("recipes")
 def recipes() -> None:
     """List the recipes in recipes/ with their one-line description."""
-    from sf_mlx.config import available_recipes, load_recipe
+    from sf_mlx.recipe_files import available_recipes, load_recipe
 
     for name in available_recipes():
         try:
@@ -202,7 +202,7 @@ def _recipe_in_background(name: str, overrides: list[str], run_dir: Path | None)
     """Start the recipe as its own process (it outlives the TUI), then open the TUI on its run."""
     import subprocess
 
-    from sf_mlx.config import load_recipe
+    from sf_mlx.recipe_files import load_recipe
 
     try:
         resolved = load_recipe(name, overrides)
@@ -256,9 +256,9 @@ def stage(
     """Run (or re-run) one stage on a run directory; generation stages resume where they stopped."""
     import json
 
-    from sf_mlx.config import load_recipe
     from sf_mlx.model import ModelLoadError
     from sf_mlx.pipeline import distributed_run, run_stage
+    from sf_mlx.recipe_files import load_recipe
     from sf_mlx.rundir import RunDir
 
     run = RunDir(run_dir)
@@ -288,8 +288,8 @@ def validate_cmd(
     skill use and verdict F1, to choose settings by without tuning on the evaluation."""
     import json
 
-    from sf_mlx.config import load_recipe
     from sf_mlx.model import ModelLoadError
+    from sf_mlx.recipe_files import load_recipe
     from sf_mlx.rundir import RunDir
     from sf_mlx.stages.evaluate import validate
 
@@ -387,7 +387,8 @@ def config(
     """Print a recipe fully resolved (every default filled in, overrides applied)."""
     import yaml
 
-    from sf_mlx.config import load_recipe, recipe_to_dict
+    from sf_mlx.config import recipe_to_dict
+    from sf_mlx.recipe_files import load_recipe
 
     try:
         resolved = load_recipe(name, set_)

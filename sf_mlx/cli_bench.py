@@ -143,8 +143,8 @@ def bench_memory(
 
     from sf_mlx.bench_memory_plan import calibrate
     from sf_mlx.bench_memory_plan import plan as run_plan
-    from sf_mlx.config import load_recipe
     from sf_mlx.memory import QWEN25_1_5B, Shapes
+    from sf_mlx.recipe_files import load_recipe
 
     shapes, name = QWEN25_1_5B, "Qwen2.5-1.5B"
     try:

@@ -250,7 +250,7 @@ def import_run(
     questions are the SFT pool; the RL and evaluation pools are the recipe's own, less any
     imported question, so the run goes on through GRPO and evaluation."""
 
-    from sf_mlx.config import dump_recipe, load_recipe
+    from sf_mlx.recipe_files import dump_recipe, load_recipe
     from sf_mlx.rundir import RunDir, write_jsonl_atomic
     from sf_mlx.stages.problems import eval_pools, training_pools
     from sf_mlx.tasks import get_task

@@ -12,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from sf_mlx import distributed as dist
-from sf_mlx.config import Recipe, dump_recipe, load_recipe, recipe_to_dict
+from sf_mlx.config import Recipe, recipe_to_dict
+from sf_mlx.recipe_files import dump_recipe, load_recipe
 from sf_mlx.rundir import RunDir
 
 # A stage runner: (run, recipe, progress) -> stats. Progress: (done, total, tokens per second).

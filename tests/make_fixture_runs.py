@@ -10,7 +10,8 @@ import random
 import shutil
 from pathlib import Path
 
-from sf_mlx.config import EvaluateConfig, Recipe, RunConfig, dump_recipe
+from sf_mlx.config import EvaluateConfig, Recipe, RunConfig
+from sf_mlx.recipe_files import dump_recipe
 from sf_mlx.records import EvalResult, Problem, Reflection, Rollout, Sample
 from sf_mlx.rundir import RunDir, append_jsonl, write_json_atomic, write_jsonl_atomic
 from sf_mlx.tasks import grade

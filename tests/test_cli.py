@@ -286,7 +286,7 @@ def test_import_rearrange_export(imported_run: Path, tmp_path: Path):
     run = imported_run
     assert len(read_jsonl(run / "samples.jsonl")) == 7
     # the imported questions are the SFT pool; RL and evaluation pools come from the recipe
-    from sf_mlx.config import load_recipe
+    from sf_mlx.recipe_files import load_recipe
 
     recipe = load_recipe(str(run / "recipe.yaml"))
     pools = read_jsonl(run / "problems.jsonl")
@@ -413,7 +413,7 @@ def test_a_built_wheel_finds_the_recipes_outside_the_source_tree(tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = (
-        "import sf_mlx.config as c, sys; assert str(c.RECIPES_DIR).startswith(sys.argv[1]); "
+        "import sf_mlx.recipe_files as c, sys; assert str(c.RECIPES_DIR).startswith(sys.argv[1]); "
         "from sf_mlx.cli import app; app(['config', 'ablation-no-order'])"
     )
     out = subprocess.run(

@@ -9,12 +9,10 @@ from sf_mlx.config import (
     GrpoConfig,
     Recipe,
     apply_overrides,
-    available_recipes,
     describe_fields,
-    dump_recipe,
-    load_recipe,
     recipe_to_dict,
 )
+from sf_mlx.recipe_files import available_recipes, dump_recipe, load_recipe
 
 
 @pytest.fixture

@@ -404,7 +404,7 @@ def test_a_fresh_grpo_adapter_is_a_function_of_the_seed(tiny_model_dir):
     import numpy as np
     from mlx.utils import tree_flatten
 
-    from sf_mlx.config import load_recipe
+    from sf_mlx.recipe_files import load_recipe
     from sf_mlx.stages.arms import load_policy
 
     cfg = load_recipe("countdown-tiny").grpo

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sf_mlx.config import load_recipe
 from sf_mlx.pipeline import run_stage
+from sf_mlx.recipe_files import load_recipe
 from sf_mlx.rundir import RunDir, read_jsonl
 from sf_mlx.stages.report import _metric_series
 

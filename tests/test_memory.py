@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from sf_mlx.config import SftConfig, load_recipe
+from sf_mlx.config import SftConfig
 from sf_mlx.memory import (
     QWEN25_1_5B,
     Coefficients,
@@ -21,6 +21,7 @@ from sf_mlx.memory import (
     fit,
     phases,
 )
+from sf_mlx.recipe_files import load_recipe
 
 # inputs for the search logic (of the order `sf-mlx bench memory --plan` measures)
 COEF = Coefficients(28.5, 10.2, 5.0, 22.0, 36.0, 6.6, 8.0, 20.0, 12.0, 130.0)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_every_stage_done_with_real_data(tiny_run):
-    from sf_mlx.config import load_recipe
+    from sf_mlx.recipe_files import load_recipe
 
     recipe = load_recipe(str(tiny_run.recipe))
     for stage in stage_plan(recipe):
@@ -83,7 +83,7 @@ def test_report_numbers_are_recomputed_from_generations(tiny_run):
 
 def test_evaluate_progress_counts_answers_not_cells(tiny_run, monkeypatch):
     """A cell of a large run takes hours: progress moves with its answers, throttled."""
-    from sf_mlx.config import load_recipe
+    from sf_mlx.recipe_files import load_recipe
     from sf_mlx.stages import evaluate
 
     recipe = load_recipe(str(tiny_run.recipe))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sf_mlx.config import dump_recipe, load_recipe
 from sf_mlx.pipeline import run_stage
+from sf_mlx.recipe_files import dump_recipe, load_recipe
 from sf_mlx.records import Problem, Reflection, Sample
 from sf_mlx.rundir import RunDir, read_jsonl
 from sf_mlx.tasks import grade

@@ -86,7 +86,7 @@ def test_a_study_runs_the_recipe_once_per_seed_then_compares(tmp_path, monkeypat
     The stages are stand-ins here (the real ones are tested elsewhere); they record the seed
     they saw and write generations whose accuracy depends on it."""
     from sf_mlx import pipeline
-    from sf_mlx.config import load_recipe
+    from sf_mlx.recipe_files import load_recipe
 
     seen: list[tuple[str, int]] = []
 
