@@ -110,3 +110,31 @@ def test_the_search_3_lead_in_is_single_comparisons_apart_from_the_corpus():
     assert {(e.kind, e.task) for e in lead} == {("drill", "comparison")}
     # the corpus after the lead-in is search-2's own, example for example
     assert make_corpus(300, seed=0, cfg=cfg) == make_corpus(300, seed=0, cfg=SEARCH)
+
+
+def test_word_by_word_acronyms_write_each_word_then_its_first_letter():
+    """`acronym_word_by_word`: `First letters: idea -> i, lawn -> l, lift -> l.` in the prompt's
+    word order, the answer the letters joined; a wrong attempt misreads one letter."""
+    cfg = replace(
+        SEARCH,
+        frac_check=0.0,
+        frac_drill=0.0,
+        frac_compare=0.0,
+        frac_ood=1.0,
+        ood={"acronym:length=3": 1},
+        acronym_word_by_word=True,
+    )
+    rows = make_corpus(300, seed=2, cfg=cfg)
+    misread = 0
+    for e in rows:
+        words = e.prompt.split("each word: ", 1)[1].split(".", 1)[0].split(", ")
+        pairs = re.search(r"First letters: (.*)\.\n", e.response)[1].split(", ")
+        assert [p.split(" -> ")[0] for p in pairs] == words, e.response
+        letters = [p.split(" -> ")[1] for p in pairs]
+        assert e.response.endswith(f"<answer>{''.join(letters)}</answer>")
+        wrong = sum(w[0] != x for w, x in zip(words, letters, strict=True))
+        assert wrong <= 1 and e.correct == (wrong == 0)
+        misread += wrong
+    assert 0.2 < misread / len(rows) < 0.6
+    plain = make_corpus(20, seed=2, cfg=replace(cfg, acronym_word_by_word=False))
+    assert not any(" -> " in e.response for e in plain)

@@ -112,6 +112,10 @@ class CorpusConfig:
     # The build's tokenizer makes each word's first letter a token of its own (`Ġo` + `nly`):
     # with whole-word tokens a base this size did not read first letters (acronyms 0%, README).
     initial_letter_tokens: bool = False
+    # Acronym attempts copy each word, then write its first letter (`idea -> i, lawn -> l`)
+    # instead of listing the letters alone: a base that wrote the same letters whatever the
+    # words (0.2%, README) then only has to read the token it has just written.
+    acronym_word_by_word: bool = False
     plain_prompt_share: float = 0.3  # attempts whose prompt is the plain question (SFT/RL form)
 
 

@@ -90,7 +90,11 @@ def acronym_attempt(rng: random.Random, problem: Problem, style: str, cfg: Corpu
         k = rng.randrange(len(letters))
         letters[k] = rng.choice("abcdefghijklmnoprstuw")
     answer = "".join(letters)
-    body = f"First letters: {', '.join(letters)}."
+    if cfg.acronym_word_by_word:  # each word copied, then its first letter right after it
+        pairs = ", ".join(f"{w} -> {x}" for w, x in zip(words, letters, strict=True))
+        body = f"First letters: {pairs}."
+    else:
+        body = f"First letters: {', '.join(letters)}."
     if style == "plan_and_execute":
         body = f"Plan: take the first letter of each word and join them.\nExecution:\n{body}"
     elif style == "rephrase":
