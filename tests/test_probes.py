@@ -100,6 +100,26 @@ def test_compare_forms_write_one_comparison_with_the_decision_last():
     assert probes.COMPARE_FORMS["difference"](46, 46)[1].endswith("46 - 46 = 0: equal.")
 
 
+def test_difference_steps_say_which_step_of_a_written_difference_went_wrong():
+    pairs = [(45, 46), (46, 36), (30, 30), (12, 21), (7, 9)]
+    responses = [
+        "Result 45, target 46: 46 - 45 = 1: not equal.",  # all right
+        "Result 46, target 36: 46 - 46 = 0: equal.",  # the smaller number miscopied
+        "Result 30, target 30: 30 - 30 = 0: not equal.",  # decision against its difference
+        "Result 12, target 21: 21 - 12 = 8: not equal.",  # a false subtraction
+        "7 and 9",  # not the form
+    ]
+    out = probes.difference_steps(pairs, responses)
+    assert out == {
+        "form": 0.8,
+        "copied": 0.8,
+        "operands": 0.6,
+        "subtraction": 0.6,
+        "decision_follows": 0.6,
+        "decision_right": 0.4,
+    }
+
+
 @pytest.mark.slow
 def test_compare_probe_trains_and_measures_decisions_and_greedy_copies():
     out = probes.compare_only("digits", steps=3, n_eval=4, seed=0, log=lambda _: None, size="tiny")

@@ -396,5 +396,45 @@ def compare_only(
         / max(1, len(held)),
         "greedy_examples": greedy[:3],
     }
+    if form == "difference":
+        out["difference_steps"] = difference_steps(
+            [_numbers(p) for p, _ in held], [g.strip() for g in greedy]
+        )
     log(f"{form}: {out}")
     return out
+
+
+def _numbers(prompt: str) -> tuple[int, int]:
+    r, t = prompt.removeprefix("Result ").split(", target ")
+    return int(r), int(t)
+
+
+_DIFFERENCE = re.compile(
+    r"Result (-?\d+), target (-?\d+): (-?\d+) - (-?\d+) = (-?\d+): (equal|not equal)\."
+)
+
+
+def difference_steps(pairs: list[tuple[int, int]], responses: list[str]) -> dict:
+    """Where written differences go wrong, step by step, as shares of `responses` (one per
+    (result, target) pair): the line's form, both numbers copied, the larger written first and
+    the smaller second, the subtraction true for what was written, the decision following the
+    written difference (0 or not), and the decision right for the pair."""
+    keys = ("form", "copied", "operands", "subtraction", "decision_follows", "decision_right")
+    counts = dict.fromkeys(keys, 0)
+    for (r, t), text in zip(pairs, responses, strict=True):
+        m = _DIFFERENCE.fullmatch(text)
+        if not m:
+            continue
+        x, y, a, b, d = (int(v) for v in m.groups()[:5])
+        said_equal = m[6] == "equal"
+        steps = (
+            True,
+            (x, y) == (r, t),
+            (a, b) == (max(r, t), min(r, t)),
+            a - b == d,
+            said_equal == (d == 0),
+            said_equal == (r == t),
+        )
+        for k, ok in zip(keys, steps, strict=True):
+            counts[k] += ok
+    return {k: v / max(1, len(responses)) for k, v in counts.items()}
