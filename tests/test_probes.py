@@ -152,6 +152,32 @@ def test_own_verdicts_score_the_checks_of_a_models_own_attempts():
     }
 
 
+def test_check_steps_name_where_a_wrong_verdict_came_from():
+    """The first step at which a check of an attempt went wrong: its recomputed result, its
+    decision, its verdict; none for a verdict that agrees with the checker."""
+    from sf_mlx.records import Problem
+
+    p = Problem("p", "countdown", "q", {"numbers": [3, 7, 9], "target": 30})
+    wrong = "Step 1: 9 - 7 = 2\nStep 2: 2 * 3 = 30\n<answer>(9 - 7) * 3</answer>"  # is 6
+    misused = "<answer>3 * (9 + 7 - 6)</answer>"  # 30, but 6 is not one of the numbers
+    ok, no = "\n<verdict>Correct</verdict>", "\n<verdict>Incorrect</verdict>"
+    copied = "2 * 3 = 30\nResult 30, target 30: 30 - 30 = 0: equal."
+    recomputed = "2 * 3 = 6\nResult 6, target 30: 30 - 6 = 24: not equal."
+    ignored = "2 * 3 = 6\nResult 6, target 30: 30 - 6 = 24: equal."
+    cases = [
+        (wrong, copied + ok, "result"),  # the attempt's false line copied into the check
+        (wrong, recomputed + ok, "verdict"),
+        (wrong, ignored + ok, "decision"),
+        (wrong, recomputed + no, None),
+        (wrong, "I think so." + ok, "no_decision"),
+        (misused, "Result 30, target 30: equal." + ok, "numbers_used"),
+    ]
+    for attempt, check, want in cases:
+        assert probes.check_steps(p, attempt, check) == want, (check, want)
+    out = probes.own_verdicts([p] * 3, [wrong] * 3, [copied + ok, copied + ok, ignored + ok])
+    assert out["wrong_verdicts_from"] == {"result": 2, "decision": 1}
+
+
 @pytest.mark.slow
 def test_compare_probe_goes_on_from_a_given_model_or_only_measures_it(tiny_model_dir):
     """`--start`: the model's own weights and tokenizer; --steps 0 measures it unchanged, the

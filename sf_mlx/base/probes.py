@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -26,6 +26,7 @@ from sf_mlx.base.corpus import (
     CorpusConfig,
     _apply,
     _compare_line,
+    _fmt,
     _literals,
     comparison_pair,
     countdown_check_response,
@@ -210,6 +211,7 @@ def own_verdicts(problems: list[Problem], attempts: list[str], checks: list[str]
         if not correct and extracted is not None:
             short_wrong.append((len(_literals(extracted)) < len(p.data["numbers"]), agrees))
     r, w = sum(right) / max(1, len(right)), sum(wrong) / max(1, len(wrong))
+    steps = [check_steps(p, a, c) for p, a, c in zip(problems, attempts, checks, strict=True)]
     by_shape = {}
     for name, short in (("leaves_a_number_out", True), ("uses_every_number", False)):
         agree = [a for s, a in short_wrong if s == short]
@@ -222,7 +224,37 @@ def own_verdicts(problems: list[Problem], attempts: list[str], checks: list[str]
         "on_wrong": w,
         "balanced": (r + w) / 2,
         "wrong_answers": by_shape,
+        "wrong_verdicts_from": dict(Counter(x for x in steps if x is not None).most_common()),
     }
+
+
+def check_steps(problem: Problem, attempt: str, check: str) -> str | None:
+    """The first step at which a check of a Countdown attempt went wrong, for a check whose
+    verdict disagrees with the checker (None when it agrees): `no_decision` (no `Result X,
+    target Y:` line), `result` (X is not the value of the attempt's answer: a wrong
+    recomputation, or one copied from the attempt's own false lines), `decision` (the decision
+    does not follow the two numbers written, past a written difference), `verdict` (the
+    verdict does not follow the decision), else `numbers_used` (the verdict followed a right
+    result but the answer misuses the numbers). Model text is parsed, never evaluated."""
+    from sf_mlx.base.behaviour import decision_follows_numbers
+    from sf_mlx.tasks.arith import eval_with_numbers
+
+    extracted, correct = grade(problem, attempt)
+    said = parse_verdict(check)
+    if said == ("correct" if correct else "incorrect"):
+        return None
+    found = decision_prefix(check)
+    if found is None or extracted is None:
+        return "no_decision"
+    line = _DECISION.findall(check)[-1]
+    value = eval_with_numbers(extracted)
+    if value is None or line[0] != _fmt(value[0]):
+        return "result"
+    if not decision_follows_numbers(check):
+        return "decision"
+    if (said == "correct") != found[1]:
+        return "verdict"
+    return "numbers_used"
 
 
 def _train_from_scratch(
