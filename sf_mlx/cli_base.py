@@ -151,20 +151,49 @@ def base_probe_check_only(
     n: Annotated[int, typer.Option(help="Held-out checks measured (even).")] = 400,
     seed: Annotated[int, typer.Option(help="Seed of corpus, weights and held-out checks.")] = 0,
     size: Annotated[str, typer.Option(help="Architecture preset: tiny or small.")] = "small",
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Go on training this model folder at a constant --lr instead of a new one, and "
+            "measure its checks of its own attempts too; --steps 0 only measures it."
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (default: the preset's peak).")
+    ] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help="Write the checks as this named corpus does (default: the preset's, or with "
+            "--start the corpus that model was built with)."
+        ),
+    ] = None,
 ) -> None:
     """Train the base architecture on check demonstrations alone, then measure the decision it
     gives with both numbers written: near 100% means the pipeline can learn it."""
     import json
 
-    from sf_mlx.base.build import SIZES
+    from sf_mlx.base.build import CORPORA, SIZES, _built_with, _card
     from sf_mlx.base.probes import check_only
     from sf_mlx.cli import fail
+    from sf_mlx.model import ModelLoadError, resolve_model_path
 
     if size not in SIZES:
         fail(f"--size {size!r}: expected one of {', '.join(SIZES)}")
-    if steps < 1 or n < 2 or n % 2:
-        fail(f"--steps {steps} --n {n}: expected steps >= 1 and an even n >= 2")
-    out = check_only(steps, n, seed, log=typer.echo, size=size)
+    if steps < (0 if start else 1) or n < 2 or n % 2 or (lr is not None and lr <= 0):
+        fail(
+            f"--steps {steps} --n {n} --lr {lr}: expected steps >= 1 (0 with --start), an even "
+            "n >= 2, lr > 0"
+        )
+    if corpus is not None and corpus not in CORPORA:
+        fail(f"--corpus {corpus!r}: expected one of {', '.join(CORPORA)}")
+    try:
+        cfg = CORPORA[corpus][0] if corpus else None
+        if cfg is None and start:
+            cfg = _built_with(_card(Path(resolve_model_path(start))))
+        out = check_only(steps, n, seed, log=typer.echo, size=size, start=start, lr=lr, cfg=cfg)
+    except (ValueError, ModelLoadError) as e:
+        fail(str(e).splitlines()[0])
     typer.echo(json.dumps(out, indent=2))
 
 

@@ -371,6 +371,33 @@ def test_difference_comparisons_write_a_true_difference_before_the_decision():
     assert "Result" not in right and ok_right is False  # 6 is not one of the numbers
 
 
+def test_restating_checks_copy_the_numbers_and_target_from_the_question_first():
+    """With `check_restates`, a check opens with the question's numbers (in its order) and its
+    target, and every later line names the numbers in that order; the verdict is unchanged."""
+    from dataclasses import replace
+
+    from sf_mlx.base.corpus import CorpusConfig, countdown_check_response
+    from sf_mlx.records import Problem
+
+    p = Problem("p", "countdown", "q", {"numbers": [10, 5, 1], "target": 40})
+    for answer, verdict in (("10 * (5 - 1)", True), ("(10 * 5) - 5", False), ("10 * 4", False)):
+        plain, v = countdown_check_response(p, f"<answer>{answer}</answer>", True)
+        restated, v2 = countdown_check_response(p, f"<answer>{answer}</answer>", True, True)
+        assert v == v2 == verdict
+        first, *rest = restated.splitlines()
+        assert first == "The numbers [10, 5, 1] must make an equation that equals 40."
+        assert "\n".join(rest) == plain.replace("[1, 5, 10]", "[10, 5, 1]")
+    cfg = replace(CorpusConfig(), frac_check=1.0, frac_drill=0.0, frac_ood=0.0)
+    rows = make_corpus(200, seed=0, cfg=replace(cfg, check_restates=True))
+    for e in rows:
+        numbers = e.prompt.split("Using the numbers ", 1)[1].split("]", 1)[0] + "]"
+        target = e.prompt.split("equals ", 1)[1].split(".", 1)[0]
+        if "no final answer" not in e.response:
+            assert e.response.startswith(
+                f"The numbers {numbers} must make an equation that equals {target}."
+            ), e.response
+
+
 def test_out_of_domain_attempts_follow_the_corpus_task_specs():
     from dataclasses import replace
 

@@ -171,6 +171,7 @@ def test_check_steps_name_where_a_wrong_verdict_came_from():
         (wrong, recomputed + no, None),
         (wrong, "I think so." + ok, "no_decision"),
         (misused, "Result 30, target 30: equal." + ok, "numbers_used"),
+        (wrong, "2 * 3 = 6\nResult 6, target 6: 6 - 6 = 0: equal." + ok, "target"),
     ]
     for attempt, check, want in cases:
         assert probes.check_steps(p, attempt, check) == want, (check, want)
@@ -200,3 +201,39 @@ def test_compare_probe_goes_on_from_a_given_model_or_only_measures_it(tiny_model
     assert measured["greedy_examples"] == again["greedy_examples"]
     trained = run(4)
     assert trained["decisions"] != measured["decisions"]
+
+
+@pytest.mark.slow
+def test_check_only_probe_goes_on_from_a_model_and_checks_its_own_attempts(tiny_model_dir):
+    """`--start`: the start model's own attempts are checked by the model trained further on
+    checks alone (in the given corpus's form); --steps 0 gives the same numbers twice, and
+    training changes the checks but not the attempts they check."""
+    from dataclasses import replace
+
+    from sf_mlx.base.corpus import CorpusConfig
+
+    cfg = replace(CorpusConfig(), compare_difference=True, check_restates=True)
+
+    def run(steps: int) -> dict:
+        return probes.check_only(
+            steps,
+            6,
+            seed=0,
+            log=lambda _: None,
+            size="tiny",
+            start=str(tiny_model_dir),
+            lr=1e-2,
+            cfg=cfg,
+        )
+
+    measured, again, trained = run(0), run(0), run(3)
+    for key in ("decisions", "own_checks"):
+        assert measured[key] == again[key]
+    assert measured["checks_trained"] == 0
+    own = trained["own_checks"]
+    assert own["attempts"] == 6
+    before = measured["own_checks"]  # the same attempts, made before training
+    assert own["attempts_correct"] == before["attempts_correct"]
+    for shape, row in own["wrong_answers"].items():
+        assert row["wrong"] == before["wrong_answers"][shape]["wrong"]
+    assert trained["decisions"] != measured["decisions"] and trained["checks_trained"] > 0

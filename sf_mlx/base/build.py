@@ -105,6 +105,12 @@ CORPORA: dict[str, tuple[CorpusConfig, int]] = {  # name -> (settings, examples 
     # `search-2` with every comparison writing the difference before the decision
     # (`Result 45, target 46: 46 - 45 = 1: not equal.`), the form `probe-compare` saw learnt.
     "search-4": (replace(_SEARCH_2, compare_difference=True), 130_000),
+    # `search-4` whose checks first copy the numbers and the target from the question, and
+    # whose acronym attempts write each word before its first letter.
+    "search-5": (
+        replace(_SEARCH_2, compare_difference=True, check_restates=True, acronym_word_by_word=True),
+        130_000,
+    ),
 }
 
 

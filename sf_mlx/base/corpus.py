@@ -104,6 +104,11 @@ class CorpusConfig:
     # a base learnt the decision in 100 steps where the plain line stayed at chance
     # (`sf-mlx base probe-compare --form difference`, README).
     compare_difference: bool = False
+    # Checks open by copying the numbers and the target in the question's words (`The numbers
+    # [10, 5, 1] must make an equation that equals 40.`), and list the numbers in the
+    # question's order: a base whose checks had to fetch the target from the question wrote
+    # `Result 45, target 45` for target 40, the result copied twice (`sf-mlx base probe`, README).
+    check_restates: bool = False
     p_correct: float = 0.55  # out-of-domain attempts: how often the noisy solver is right
     # Multiplication written one digit pair at a time (`70 * 5 = 350`, `6 * 5 = 30`, then
     # `350 + 30 = 380`), every line true, instead of one line per digit of b (`76 * 5 = 380`):
@@ -248,15 +253,19 @@ def _fmt(x: Fraction) -> str:
 
 
 def countdown_check_response(
-    problem: Problem, attempt: str, difference: bool = False
+    problem: Problem, attempt: str, difference: bool = False, restate: bool = False
 ) -> tuple[str, bool]:
     """Recompute only what is needed: numbers first, then the arithmetic, then the result next
-    to the target (with `difference`, and their difference), and only then the decision."""
+    to the target (with `difference`, and their difference), and only then the decision. With
+    `restate`, the check first copies the numbers and the target in the question's own words,
+    and later lines copy them from there."""
     numbers, target = problem.data["numbers"], problem.data["target"]
     extracted, correct = grade(problem, attempt)
     if extracted is None:
         return "There is no final answer to check.\n<verdict>Incorrect</verdict>", False
-    lines = [f"The answer is {extracted}."]
+    given = list(numbers) if restate else sorted(numbers)
+    lines = [f"The numbers {given} must make an equation that equals {target}."] if restate else []
+    lines.append(f"The answer is {extracted}.")
     steps = _evaluation_steps(extracted)
     used = _literals(extracted)
     lines.append(f"Numbers used: {', '.join(map(str, used))}.")
@@ -264,9 +273,9 @@ def countdown_check_response(
     bad = next((n for n in used if need[n] > have[n]), None)
     if bad is not None:
         why = "is not in" if have[bad] == 0 else "is used more often than it appears in"
-        lines.append(f"{bad} {why} {sorted(numbers)}.")
+        lines.append(f"{bad} {why} {given}.")
     else:
-        lines.append(f"All are from {sorted(numbers)}.")
+        lines.append(f"All are from {given}.")
         for a, op, b, v in steps:
             lines.append(f"{_fmt(Fraction(a))} {op} {_fmt(Fraction(b))} = {_fmt(v)}")
         value = steps[-1][3] if steps else Fraction(used[0])
@@ -432,7 +441,9 @@ def make_example(rng: random.Random, cfg: CorpusConfig) -> Example:
                 break
             attempt, correct = ATTEMPTS[problem.task](rng, problem, style, cfg)
         if problem.task == "countdown":
-            response, verdict = countdown_check_response(problem, attempt, cfg.compare_difference)
+            response, verdict = countdown_check_response(
+                problem, attempt, cfg.compare_difference, cfg.check_restates
+            )
         else:
             response, verdict = CHECKS[problem.task](problem, attempt)
         prompt = reflection_prompt(problem.question, attempt)

@@ -81,6 +81,14 @@ def own_attempts_and_checks(
 ) -> tuple[list[Problem], list[str], list[str]]:
     """n held-out Countdown-3 problems, the model's attempt at each (plain question) and its
     check of that attempt (the reflection prompt)."""
+    probs, attempts = own_attempts(m, tok, n, seed, cfg, temperature)
+    return probs, attempts, own_checks(m, tok, probs, attempts, seed, temperature)
+
+
+def own_attempts(
+    m, tok, n: int, seed: int, cfg: CorpusConfig, temperature: float = 0.7
+) -> tuple[list[Problem], list[str]]:
+    """n held-out Countdown-3 problems in the model's number ranges and its attempt at each."""
     probs = heldout_problems(
         "countdown",
         n,
@@ -91,15 +99,15 @@ def own_attempts_and_checks(
         min_target=cfg.min_target,
         max_target=cfg.max_target,
     )
-    attempts = _generate(m, tok, [p.question for p in probs], temperature, seed)
-    checks = _generate(
-        m,
-        tok,
-        [reflection_prompt(p.question, a) for p, a in zip(probs, attempts, strict=True)],
-        temperature,
-        seed + 1,
-    )
-    return probs, attempts, checks
+    return probs, _generate(m, tok, [p.question for p in probs], temperature, seed)
+
+
+def own_checks(
+    m, tok, probs: list[Problem], attempts: list[str], seed: int, temperature: float = 0.7
+) -> list[str]:
+    """The model's check of each attempt (the reflection prompt)."""
+    prompts = [reflection_prompt(p.question, a) for p, a in zip(probs, attempts, strict=True)]
+    return _generate(m, tok, prompts, temperature, seed + 1)
 
 
 def arithmetic_lines(texts_by_context: dict[str, list[str]]) -> dict:
@@ -231,7 +239,8 @@ def own_verdicts(problems: list[Problem], attempts: list[str], checks: list[str]
 def check_steps(problem: Problem, attempt: str, check: str) -> str | None:
     """The first step at which a check of a Countdown attempt went wrong, for a check whose
     verdict disagrees with the checker (None when it agrees): `no_decision` (no `Result X,
-    target Y:` line), `result` (X is not the value of the attempt's answer: a wrong
+    target Y:` line), `target` (Y is not the problem's target: copied from elsewhere, often the
+    result itself), `result` (X is not the value of the attempt's answer: a wrong
     recomputation, or one copied from the attempt's own false lines), `decision` (the decision
     does not follow the two numbers written, past a written difference), `verdict` (the
     verdict does not follow the decision), else `numbers_used` (the verdict followed a right
@@ -247,6 +256,8 @@ def check_steps(problem: Problem, attempt: str, check: str) -> str | None:
     if found is None or extracted is None:
         return "no_decision"
     line = _DECISION.findall(check)[-1]
+    if line[1] != str(problem.data["target"]):
+        return "target"
     value = eval_with_numbers(extracted)
     if value is None or line[0] != _fmt(value[0]):
         return "result"
@@ -313,11 +324,22 @@ def _train_from_scratch(
 
 
 def check_only(
-    steps: int, n_eval: int, seed: int, log: Callable = print, size: str = "small"
+    steps: int,
+    n_eval: int,
+    seed: int,
+    log: Callable = print,
+    size: str = "small",
+    start: str | None = None,
+    lr: float | None = None,
+    cfg: CorpusConfig | None = None,
 ) -> dict:
     """Probe (a): the `size` architecture trained from scratch on check demonstrations alone
     (the shipped base's tokenizer and training settings, `steps` steps), then the decision
-    probability on `n_eval` held-out checks (half of them of correct attempts)."""
+    probability on `n_eval` held-out checks (half of them of correct attempts). `start`: a
+    model trained further instead (`_train_from_scratch`), whose checks of the start model's own
+    attempts at `n_eval` held-out problems are then measured too (`own_verdicts`): training on
+    checks alone unlearns the attempts. `cfg`: the corpus the
+    checks are written in (default: the preset's)."""
     from dataclasses import replace
 
     from sf_mlx.base.behaviour import balanced_attempts
@@ -325,22 +347,31 @@ def check_only(
     from sf_mlx.base.corpus import make_corpus
 
     preset = SIZES[size]
-    cfg = replace(preset.corpus, frac_check=1.0, frac_drill=0.0, frac_ood=0.0)
-    corpus = make_corpus(preset.train.batch_size * steps * 3, seed, cfg)  # ~3 checks a row
+    cfg = cfg or preset.corpus
+    checks_cfg = replace(cfg, frac_check=1.0, frac_drill=0.0, frac_compare=0.0, frac_ood=0.0)
+    corpus = make_corpus(preset.train.batch_size * max(1, steps) * 3, seed, checks_cfg)
+    if start:  # the start model's own attempts, before it trains on checks alone
+        own = own_attempts(*model_io.load(start), n_eval, seed + 1, cfg)
     m, tok, losses = _train_from_scratch(
-        [(e.prompt, e.response) for e in corpus], steps, seed, size, log
+        [(e.prompt, e.response) for e in corpus], steps, seed, size, log, start, lr
     )
-    held = balanced_attempts(n_eval, seed + 7, preset.corpus)
+    held = balanced_attempts(n_eval, seed + 7, cfg)
     prompts = [reflection_prompt(p.question, a) for p, a, _ in held]
-    checks = [countdown_check_response(p, a)[0] for p, a, _ in held]
+    checks = [
+        countdown_check_response(p, a, cfg.compare_difference, cfg.check_restates)[0]
+        for p, a, _ in held
+    ]
     out = {
         "steps": steps,
-        "checks_trained": len(corpus),
+        "checks_trained": len(corpus) if steps else 0,
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "decisions": summarise_decisions(decision_probabilities(m, tok, prompts, checks)),
     }
     log(f"decisions on held-out checks: {out['decisions']}")
+    if start:
+        out["own_checks"] = own_verdicts(*own, own_checks(m, tok, *own, seed + 1))
+        log(f"its verdicts on its own attempts: {out['own_checks']}")
     return out
 
 
