@@ -174,7 +174,7 @@ def base_probe_check_only(
     import json
 
     from sf_mlx.base.build import CORPORA, SIZES, _built_with, _card
-    from sf_mlx.base.probes import check_only
+    from sf_mlx.base.learnability import check_only
     from sf_mlx.cli import fail
     from sf_mlx.model import ModelLoadError, resolve_model_path
 
@@ -222,7 +222,7 @@ def base_probe_compare(
     import json
 
     from sf_mlx.base.build import SIZES
-    from sf_mlx.base.probes import COMPARE_FORMS, compare_only
+    from sf_mlx.base.learnability import COMPARE_FORMS, compare_only
     from sf_mlx.cli import fail
     from sf_mlx.model import ModelLoadError
 

@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
-from sf_mlx.base import probes
+from sf_mlx.base import learnability, probes
 
 
 def test_equation_lines_are_judged_by_exact_arithmetic():
@@ -72,7 +72,7 @@ def test_decision_prefix_stops_at_the_decision_past_a_written_difference():
 
 @pytest.mark.slow
 def test_check_only_probe_trains_and_measures_held_out_decisions():
-    out = probes.check_only(steps=4, n_eval=6, seed=0, log=lambda _: None, size="tiny")
+    out = learnability.check_only(steps=4, n_eval=6, seed=0, log=lambda _: None, size="tiny")
     assert out["loss_last"] < out["loss_first"]
     d = out["decisions"]
     assert d["equal"]["n"] + d["not_equal"]["n"] > 0
@@ -81,7 +81,7 @@ def test_check_only_probe_trains_and_measures_held_out_decisions():
 
 
 def test_compare_forms_write_one_comparison_with_the_decision_last():
-    for form, write in probes.COMPARE_FORMS.items():
+    for form, write in learnability.COMPARE_FORMS.items():
         for r, t in ((46, 46), (45, 46), (9, 46)):
             prompt, response = write(r, t)
             assert response.endswith(
@@ -90,14 +90,14 @@ def test_compare_forms_write_one_comparison_with_the_decision_last():
                 else ": not equal."
             ), form
             assert ":" in response and prompt
-    assert probes.COMPARE_FORMS["digits"](45, 46)[1] == (
+    assert learnability.COMPARE_FORMS["digits"](45, 46)[1] == (
         "Result 45, target 46: 4 and 4 same, 5 and 6 differ: not equal."
     )
-    assert "1 digits and 2 digits differ" in probes.COMPARE_FORMS["digits"](9, 46)[1]
-    assert probes.COMPARE_FORMS["difference"](45, 46)[1] == (
+    assert "1 digits and 2 digits differ" in learnability.COMPARE_FORMS["digits"](9, 46)[1]
+    assert learnability.COMPARE_FORMS["difference"](45, 46)[1] == (
         "Result 45, target 46: 46 - 45 = 1: not equal."
     )
-    assert probes.COMPARE_FORMS["difference"](46, 46)[1].endswith("46 - 46 = 0: equal.")
+    assert learnability.COMPARE_FORMS["difference"](46, 46)[1].endswith("46 - 46 = 0: equal.")
 
 
 def test_difference_steps_say_which_step_of_a_written_difference_went_wrong():
@@ -109,7 +109,7 @@ def test_difference_steps_say_which_step_of_a_written_difference_went_wrong():
         "Result 12, target 21: 21 - 12 = 8: not equal.",  # a false subtraction
         "7 and 9",  # not the form
     ]
-    out = probes.difference_steps(pairs, responses)
+    out = learnability.difference_steps(pairs, responses)
     assert out == {
         "form": 0.8,
         "copied": 0.8,
@@ -122,13 +122,15 @@ def test_difference_steps_say_which_step_of_a_written_difference_went_wrong():
 
 @pytest.mark.slow
 def test_compare_probe_trains_and_measures_decisions_and_greedy_copies():
-    out = probes.compare_only("digits", steps=3, n_eval=4, seed=0, log=lambda _: None, size="tiny")
+    out = learnability.compare_only(
+        "digits", steps=3, n_eval=4, seed=0, log=lambda _: None, size="tiny"
+    )
     assert out["loss_last"] < out["loss_first"]
     d = out["decisions"]
     assert d["equal"]["n"] + d["not_equal"]["n"] == 4
     assert 0.0 <= out["greedy_exact"] <= 1.0 and len(out["greedy_examples"]) == 3
     with pytest.raises(ValueError, match="form 'nope'"):
-        probes.compare_only("nope", steps=1, n_eval=1, seed=0)
+        learnability.compare_only("nope", steps=1, n_eval=1, seed=0)
 
 
 def test_own_verdicts_score_the_checks_of_a_models_own_attempts():
@@ -185,7 +187,7 @@ def test_compare_probe_goes_on_from_a_given_model_or_only_measures_it(tiny_model
     same numbers twice; a few steps at a constant rate move its decisions."""
 
     def run(steps: int) -> dict:
-        return probes.compare_only(
+        return learnability.compare_only(
             "line",
             steps,
             6,
@@ -215,7 +217,7 @@ def test_check_only_probe_goes_on_from_a_model_and_checks_its_own_attempts(tiny_
     cfg = replace(CorpusConfig(), compare_difference=True, check_restates=True)
 
     def run(steps: int) -> dict:
-        return probes.check_only(
+        return learnability.check_only(
             steps,
             6,
             seed=0,
