@@ -36,7 +36,7 @@ def base_build(
     corpus: Annotated[
         str | None,
         typer.Option(
-            help="A named corpus instead of the size's own: search, search-2, search-3, search-4."
+            help="A named corpus instead of the size's own: search, search-2 ... search-5."
         ),
     ] = None,
 ) -> None:
