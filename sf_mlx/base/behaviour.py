@@ -22,10 +22,10 @@ from sf_mlx.tasks import grade, heldout_problems, parse_task_spec, spec_label
 SKILL_TAGS = ("<sample>", "<reflect>")
 # The out-of-domain cells of a base built without its own list (`CorpusConfig.ood`).
 OOD_SPECS = ("multiplication:digits=2", "multiplication:digits=3", "acronym")
-# the decision line, with or without the difference written before the decision
-_DECISION = re.compile(
-    r"Result (-?[\d/]+), target (-?\d+):(?: [^:\n]*=[^:\n]*:)? (equal|not equal)\."
-)
+# A decision line up to the decision's colon, past the difference where one is written
+# (`Result 45, target 46: 46 - 45 = 1:`), then the decision itself.
+DECISION_LINE = r"Result (-?[\d/]+), target (-?\d+):(?: [^:\n]*=[^:\n]*:)?"
+_DECISION = re.compile(DECISION_LINE + r" (equal|not equal)\.")
 
 
 def decision_follows_numbers(check: str) -> bool | None:

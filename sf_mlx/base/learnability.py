@@ -206,7 +206,8 @@ def compare_only(
     pairs = [write(*_pair(rng)) for _ in range(per_step * steps)]
     m, tok, losses = _train_from_scratch(pairs, steps, seed, size, log, start, lr)
     held_rng = random.Random(f"compare/{form}/{seed}/held-out")
-    held = [write(*_pair(held_rng)) for _ in range(n_eval)]
+    held_pairs = [_pair(held_rng) for _ in range(n_eval)]
+    held = [write(*pair) for pair in held_pairs]
     rows = [
         decision_row(
             m, tok, prompt, response[: response.rindex(":") + 1], response.endswith(": equal.")
@@ -226,16 +227,9 @@ def compare_only(
         "greedy_examples": greedy[:3],
     }
     if form == "difference":
-        out["difference_steps"] = difference_steps(
-            [_numbers(p) for p, _ in held], [g.strip() for g in greedy]
-        )
+        out["difference_steps"] = difference_steps(held_pairs, [g.strip() for g in greedy])
     log(f"{form}: {out}")
     return out
-
-
-def _numbers(prompt: str) -> tuple[int, int]:
-    r, t = prompt.removeprefix("Result ").split(", target ")
-    return int(r), int(t)
 
 
 _DIFFERENCE = re.compile(

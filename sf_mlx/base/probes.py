@@ -22,6 +22,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from sf_mlx import model as model_io
+from sf_mlx.base.behaviour import DECISION_LINE, decision_follows_numbers
 from sf_mlx.base.corpus import (
     CorpusConfig,
     _apply,
@@ -35,7 +36,7 @@ from sf_mlx.tasks import grade, heldout_problems
 
 _EQUATION = re.compile(r"(?<![\d/])(\d+) ([-+*/]) (\d+) = (\d+(?:/\d+)?)(?![\d/])")
 # up to the decision's colon, past the difference where one is written
-_DECISION = re.compile(r"Result (-?[\d/]+), target (-?\d+):(?: [^:\n]*=[^:\n]*:)?")
+_DECISION = re.compile(DECISION_LINE)
 DECISIONS = (" equal.", " not equal.")
 
 
@@ -162,11 +163,13 @@ def decision_probabilities(m, tok, prompts: list[str], checks: list[str]) -> lis
 def decision_prefix(check: str) -> tuple[str, bool] | None:
     """A check up to its last decision's colon (past the difference where one is written), and
     whether the two numbers on that line are equal; None without a `Result X, target Y:` line."""
+    last = _last_decision(check)
+    return None if last is None else (check[: last.end()], last.group(1) == last.group(2))
+
+
+def _last_decision(check: str) -> re.Match | None:
     found = list(_DECISION.finditer(check))
-    if not found:
-        return None
-    last = found[-1]
-    return check[: last.end()], last.group(1) == last.group(2)
+    return found[-1] if found else None
 
 
 def summarise_decisions(rows: list[dict]) -> dict:
@@ -242,17 +245,16 @@ def check_steps(problem: Problem, attempt: str, check: str) -> str | None:
     does not follow the two numbers written, past a written difference), `verdict` (the
     verdict does not follow the decision), else `numbers_used` (the verdict followed a right
     result but the answer misuses the numbers). Model text is parsed, never evaluated."""
-    from sf_mlx.base.behaviour import decision_follows_numbers
     from sf_mlx.tasks.arith import eval_with_numbers
 
     extracted, correct = grade(problem, attempt)
     said = parse_verdict(check)
     if said == ("correct" if correct else "incorrect"):
         return None
-    found = decision_prefix(check)
-    if found is None or extracted is None:
+    last = _last_decision(check)
+    if last is None or extracted is None:
         return "no_decision"
-    line = _DECISION.findall(check)[-1]
+    line = last.groups()
     if line[1] != str(problem.data["target"]):
         return "target"
     value = eval_with_numbers(extracted)
@@ -260,6 +262,6 @@ def check_steps(problem: Problem, attempt: str, check: str) -> str | None:
         return "result"
     if not decision_follows_numbers(check):
         return "decision"
-    if (said == "correct") != found[1]:
+    if (said == "correct") != (line[0] == line[1]):
         return "verdict"
     return "numbers_used"
